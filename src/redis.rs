@@ -1,0 +1,203 @@
+//! Connecting to Redis, standalone or Cluster, the same way for `serve` and `routes`: the URL
+//! decides the mode (`redis://`, `rediss://` for TLS, `redis-cluster://`/`rediss-cluster://`),
+//! a flag can force Cluster, and ACL user/password come from the URL or from settings.
+
+use std::fmt;
+use std::time::Duration;
+
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+
+/// How long a connection attempt may take before it counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Every command fails after this long instead of waiting for a reconnect: a send to a remote
+/// user must answer "unavailable" quickly, never hang the sender's session.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnect backoff: first retry after this, doubling ...
+pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// ... up to this, forever (a node outlives a Redis restart).
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Capacity of fred's broadcast channel that carries pub/sub messages to us. fred's default of 32
+/// loses a burst silently (`Lagged`); 64 Ki messages is ~2 s of a busy node's traffic.
+pub const SUBSCRIBER_BROADCAST_CAPACITY: usize = 65_536;
+
+/// Which pub/sub commands carry envelopes on a Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PubsubMode {
+    /// SPUBLISH/SSUBSCRIBE (Redis 7+): a message goes only to the shard that owns the channel.
+    #[default]
+    Sharded,
+    /// PUBLISH/SUBSCRIBE: copied to every shard; for fleets that still run Go nodes.
+    Classic,
+}
+
+impl std::str::FromStr for PubsubMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sharded" => Ok(PubsubMode::Sharded),
+            "classic" => Ok(PubsubMode::Classic),
+            other => Err(format!("unknown pub/sub mode {other:?} (expected \"sharded\" or \"classic\")")),
+        }
+    }
+}
+
+/// Where Redis is and how to reach it.
+#[derive(Clone, Default)]
+pub struct RedisConfig {
+    /// `redis://[user:pass@]host:port[/db]`, `rediss://...` (TLS), `redis-cluster://host:port?node=h:p`.
+    pub url: String,
+    /// Treat the URL's hosts as Cluster seed nodes even if the scheme is plain `redis://`.
+    pub force_cluster: bool,
+    /// ACL user, overriding the URL's.
+    pub username: Option<String>,
+    /// ACL password, overriding the URL's.
+    pub password: Option<String>,
+    /// Pub/sub flavour on a Cluster (ignored on standalone, where only classic exists).
+    pub pubsub: PubsubMode,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("force_cluster", &self.force_cluster)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("pubsub", &self.pubsub)
+            .finish()
+    }
+}
+
+/// A Redis setting that cannot work, with the offending value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisConfigError {
+    #[error("invalid Redis URL {url:?}: {source}")]
+    Url { url: String, source: fred::error::Error },
+    #[error("cannot connect to Redis at {url}: {source}")]
+    Connect { url: String, source: fred::error::Error },
+}
+
+/// Hides a password in a URL for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl RedisConfig {
+    /// Whether this configuration addresses a Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.force_cluster || self.url.split("://").next().is_some_and(|scheme| scheme.ends_with("-cluster"))
+    }
+
+    /// The pub/sub mode actually used: sharded only makes sense on a Cluster.
+    pub fn effective_pubsub(&self) -> PubsubMode {
+        if self.is_cluster() {
+            self.pubsub
+        } else {
+            PubsubMode::Classic
+        }
+    }
+
+    /// "Redis standalone" / "Redis Cluster (sharded pub/sub)" for startup lines.
+    pub fn describe(&self) -> String {
+        match (self.is_cluster(), self.effective_pubsub()) {
+            (false, _) => format!("Redis standalone at {}", redact_url(&self.url)),
+            (true, PubsubMode::Sharded) => format!("Redis Cluster at {} (sharded pub/sub)", redact_url(&self.url)),
+            (true, PubsubMode::Classic) => format!("Redis Cluster at {} (classic pub/sub)", redact_url(&self.url)),
+        }
+    }
+
+    fn fred_config(&self) -> Result<Config, RedisConfigError> {
+        let url_err = |source| RedisConfigError::Url { url: redact_url(&self.url), source };
+        let mut config = if self.force_cluster {
+            Config::from_url_clustered(&self.url).map_err(url_err)?
+        } else {
+            Config::from_url(&self.url).map_err(url_err)?
+        };
+        if let Some(user) = &self.username {
+            config.username = Some(user.clone());
+        }
+        if let Some(pass) = &self.password {
+            config.password = Some(pass.clone());
+        }
+        // Fail the first connection loudly (bad address, bad password) ...
+        config.fail_fast = true;
+        Ok(config)
+    }
+
+    fn builder(&self) -> Result<Builder, RedisConfigError> {
+        let mut builder = Builder::from_config(self.fred_config()?);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = CONNECT_TIMEOUT;
+                c.internal_command_timeout = COMMAND_TIMEOUT;
+                // One attempt: a command that failed because the connection dropped is reported
+                // to the caller, which knows whether retrying is safe.
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = COMMAND_TIMEOUT;
+                p.broadcast_channel_capacity = SUBSCRIBER_BROADCAST_CAPACITY;
+            })
+            // ... and, once connected, reconnect forever with capped exponential backoff.
+            .set_policy(ReconnectPolicy::new_exponential(
+                0,
+                RECONNECT_MIN.as_millis() as u32,
+                RECONNECT_MAX.as_millis() as u32,
+                2,
+            ));
+        Ok(builder)
+    }
+
+    /// A connected command client.
+    pub async fn connect(&self) -> Result<Client, RedisConfigError> {
+        let client = self.builder()?.build().map_err(|source| self.connect_err(source))?;
+        client.init().await.map_err(|source| self.connect_err(source))?;
+        Ok(client)
+    }
+
+    /// A connected subscriber client: the node's one pub/sub connection (per shard on a Cluster).
+    pub async fn connect_subscriber(&self) -> Result<SubscriberClient, RedisConfigError> {
+        let client = self.builder()?.build_subscriber_client().map_err(|source| self.connect_err(source))?;
+        client.init().await.map_err(|source| self.connect_err(source))?;
+        Ok(client)
+    }
+
+    fn connect_err(&self, source: fred::error::Error) -> RedisConfigError {
+        RedisConfigError::Connect { url: redact_url(&self.url), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(redact_url("redis://app:s3cret@h:6379/0"), "redis://app:***@h:6379/0");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        let c = RedisConfig { password: Some("pw".into()), ..Default::default() };
+        assert!(!format!("{c:?}").contains("pw\""));
+    }
+
+    #[test]
+    fn cluster_is_read_from_the_scheme_or_forced() {
+        let c = |url: &str, force| RedisConfig { url: url.into(), force_cluster: force, ..Default::default() };
+        assert!(!c("redis://h:1", false).is_cluster());
+        assert!(c("redis-cluster://h:1", false).is_cluster());
+        assert!(c("rediss-cluster://h:1", false).is_cluster());
+        assert!(c("redis://h:1", true).is_cluster());
+        assert_eq!(c("redis://h:1", false).effective_pubsub(), PubsubMode::Classic);
+        assert_eq!(c("redis-cluster://h:1", false).effective_pubsub(), PubsubMode::Sharded);
+    }
+}

@@ -1,0 +1,76 @@
+//! The Redis route table: key and channel names (exactly the original Go server's, spec Part A),
+//! their TTLs, the node lease (Part B), and the per-key operations both `serve` and `routes` use.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the route sets: `user_servers:<user>` is the SET of server ids holding the user.
+pub const USER_SERVERS_PREFIX: &str = "user_servers:";
+/// Prefix of the presence keys: `user_online:<user>:<server>` = "1", with [`ONLINE_TTL`].
+pub const USER_ONLINE_PREFIX: &str = "user_online:";
+/// Prefix of the per-node pub/sub channels: `server:<server>`.
+pub const SERVER_CHANNEL_PREFIX: &str = "server:";
+/// Prefix of the node leases: `server_alive:<server>` = JSON [`Lease`], with [`LEASE_TTL`].
+pub const SERVER_ALIVE_PREFIX: &str = "server_alive:";
+
+/// TTL of `user_online` keys: 60 s, as the original server (spec Part A).
+pub const ONLINE_TTL: Duration = Duration::from_secs(60);
+/// How often a node refreshes the `user_online` keys of every user it holds: 30 s (spec Part A),
+/// half the TTL, so one missed refresh does not expire a live route.
+pub const PRESENCE_REFRESH: Duration = Duration::from_secs(30);
+/// TTL of a node's lease. Short, so `wsctl routes` sees a dead node within seconds.
+pub const LEASE_TTL: Duration = Duration::from_secs(15);
+/// How often a node rewrites its lease: a third of the TTL, so two refreshes may be missed.
+pub const LEASE_REFRESH: Duration = Duration::from_secs(5);
+
+/// `user_servers:<user>`.
+pub fn user_servers_key(user: &str) -> String {
+    let mut k = String::with_capacity(USER_SERVERS_PREFIX.len() + user.len());
+    k.push_str(USER_SERVERS_PREFIX);
+    k.push_str(user);
+    k
+}
+
+/// `user_online:<user>:<server>`.
+pub fn user_online_key(user: &str, server: &str) -> String {
+    let mut k = String::with_capacity(USER_ONLINE_PREFIX.len() + user.len() + 1 + server.len());
+    k.push_str(USER_ONLINE_PREFIX);
+    k.push_str(user);
+    k.push(':');
+    k.push_str(server);
+    k
+}
+
+/// `server:<server>`: the channel carrying envelopes for users on that node.
+pub fn server_channel(server: &str) -> String {
+    format!("{SERVER_CHANNEL_PREFIX}{server}")
+}
+
+/// `server_alive:<server>`.
+pub fn server_alive_key(server: &str) -> String {
+    format!("{SERVER_ALIVE_PREFIX}{server}")
+}
+
+/// The user id of a `user_servers:` key, if it is one.
+pub fn user_of_servers_key(key: &str) -> Option<&str> {
+    key.strip_prefix(USER_SERVERS_PREFIX)
+}
+
+/// The server id of a `server_alive:` key, if it is one.
+pub fn server_of_alive_key(key: &str) -> Option<&str> {
+    key.strip_prefix(SERVER_ALIVE_PREFIX)
+}
+
+/// A node's lease value: what `wsctl routes servers` shows about a live node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The address the node listens on, as it printed at startup.
+    pub address: String,
+    /// wsctl version of the node.
+    pub version: String,
+    /// Unix time (seconds) the node started.
+    pub started_at: u64,
+    /// Open connections at the last refresh.
+    pub connections: u64,
+}

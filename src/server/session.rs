@@ -1,0 +1,293 @@
+//! One client connection: a reader task that parses and answers frames, a writer task that
+//! drains the bounded send queue in batches (one flush per batch, not per frame), and the
+//! registration that keeps the user routed while any of its connections is open.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tracing::{debug, info_span, Instrument};
+use uuid::Uuid;
+
+use super::Node;
+use crate::broker::{EnqueueError, PublishReq};
+use crate::hub::{Outbox, SessionCtl};
+use crate::protocol::{self, close, ErrorCode, FrameError};
+
+/// Frames written per flush at most: amortizes syscalls without starving the ping timer.
+const WRITE_BATCH: usize = 64;
+/// A write (batch, ping or close) that takes longer than this means the peer stopped reading
+/// and its TCP window is full; the connection is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the closing handshake may take before the socket is dropped anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Internal close markers (never sent): the peer closed with 1000/1001 ...
+const PEER_GONE: u16 = 1;
+/// ... the peer closed with another code or the connection broke ...
+const PEER_BROKE: u16 = 2;
+/// ... or it was idle past the limit (we send 1001).
+const IDLE: u16 = 3;
+
+/// A connection's place in the hub and, through the broker, in the route table. Dropping it
+/// without [`Registration::release`] (a failed upgrade) still removes it.
+pub(crate) struct Registration {
+    node: Arc<Node>,
+    user: Arc<str>,
+    conn: Uuid,
+    outbox: Outbox,
+    released: bool,
+}
+
+impl Registration {
+    pub(crate) fn new(node: Arc<Node>, user: Arc<str>, conn: Uuid, outbox: Outbox) -> Self {
+        Registration { node, user, conn, outbox, released: false }
+    }
+
+    /// Adds the connection to the hub; the user's first connection here adds its route.
+    pub(crate) async fn register(&self) {
+        if self.node.hub.add(&self.user, self.conn, self.outbox.clone()) {
+            self.node.broker.sync_user(&self.user).await;
+        }
+    }
+
+    /// Removes the connection; the user's last connection here removes its route.
+    async fn release(mut self) {
+        self.released = true;
+        if self.node.hub.remove(&self.user, self.conn) {
+            self.node.broker.sync_user_nowait(&self.user).await;
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if !self.released && self.node.hub.remove(&self.user, self.conn) {
+            let (broker, user) = (self.node.broker.clone(), self.user.clone());
+            self.node.sessions.spawn(async move { broker.sync_user_nowait(&user).await });
+        }
+    }
+}
+
+/// Runs the connection to its end.
+pub(crate) async fn run(socket: WebSocket, reg: Registration, rx: mpsc::Receiver<Bytes>, ctl: Arc<SessionCtl>) {
+    let span = info_span!("session", user = %reg.user, conn = %reg.conn);
+    async move {
+        debug!("connected");
+        let node = reg.node.clone();
+        let (sink, stream) = socket.split();
+        let writer = node.sessions.spawn(write_loop(sink, rx, ctl.clone(), node.limits.ping_interval).in_current_span());
+        let end = read_loop(stream, &reg, &ctl).await;
+        ctl.close_with(end);
+        let _ = writer.await;
+        let code = ctl.code().unwrap_or(end);
+        if !matches!(code, PEER_GONE | close::NORMAL | close::DRAINING) {
+            node.metrics.unexpected_disconnects.inc();
+        }
+        debug!(code, "disconnected");
+        reg.release().await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Reads frames until the connection ends; returns the close code to send (or a PEER_* marker).
+async fn read_loop(mut stream: SplitStream<WebSocket>, reg: &Registration, ctl: &SessionCtl) -> u16 {
+    let idle = reg.node.limits.idle_timeout;
+    loop {
+        let next = tokio::select! {
+            _ = ctl.closed() => return ctl.code().unwrap_or(PEER_GONE),
+            next = tokio::time::timeout(idle, stream.next()) => next,
+        };
+        let msg = match next {
+            Err(_) => {
+                debug!(?idle, "idle timeout");
+                return IDLE;
+            }
+            Ok(None) => return PEER_BROKE,
+            Ok(Some(Err(e))) => return read_error(e, reg),
+            Ok(Some(Ok(msg))) => msg,
+        };
+        match msg {
+            Message::Text(t) => handle_frame(reg, t.as_bytes()),
+            Message::Binary(b) => handle_frame(reg, &b),
+            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Close(frame) => {
+                let code = frame.map_or(close::NORMAL, |f| f.code);
+                return if matches!(code, close::NORMAL | close::GOING_AWAY) { PEER_GONE } else { PEER_BROKE };
+            }
+        }
+    }
+}
+
+/// A read error: a frame over the limit or invalid UTF-8 gets an error frame and its close code;
+/// anything else means the connection broke.
+fn read_error(e: axum::Error, reg: &Registration) -> u16 {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = e.into_inner();
+    let (err, code) = match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(c)) => (
+            FrameError::new(ErrorCode::TooLarge, format!("frame too large: {c} (limit {} bytes)", reg.node.limits.max_frame)),
+            close::TOO_LARGE,
+        ),
+        Some(WsError::Utf8(_)) => (FrameError::new(ErrorCode::InvalidUtf8, "text frame is not valid UTF-8"), close::INVALID_PAYLOAD),
+        _ => {
+            debug!(error = %inner, "connection broke");
+            return PEER_BROKE;
+        }
+    };
+    reg.node.metrics.bad_frames.inc();
+    reg.outbox.offer(protocol::encode_error(None, &err), &reg.node.metrics);
+    code
+}
+
+/// Answers one client frame. Never waits: everything it sends goes through bounded queues.
+fn handle_frame(reg: &Registration, bytes: &[u8]) {
+    let node = &reg.node;
+    let reply = |frame: Bytes| {
+        reg.outbox.offer(frame, &node.metrics);
+    };
+    let fail = |id, err: FrameError| {
+        node.metrics.bad_frames.inc();
+        reply(protocol::encode_error(id, &err));
+    };
+    let frame = match protocol::parse_client_frame(bytes) {
+        Ok(f) => f,
+        Err(err) => return fail(None, err),
+    };
+    let id = frame.id;
+    match frame.kind.as_ref() {
+        protocol::TYPE_CHAT => {
+            let Some(receiver) = frame.receiver.filter(|r| !r.is_empty()) else {
+                return fail(id, FrameError::new(ErrorCode::MissingReceiver, "chat_message needs a non-empty \"receiverID\""));
+            };
+            node.metrics.messages.inc();
+            let ts = protocol::timestamp_now();
+            let envelope = protocol::encode_envelope(protocol::TYPE_CHAT, frame.payload, &receiver, &reg.user, &ts);
+            // Local receivers first, straight from the hub; never echoed to this connection.
+            let local = node.hub.deliver(&receiver, &envelope, Some(reg.conn));
+            let req = PublishReq {
+                receiver: Arc::from(receiver.as_ref()),
+                envelope,
+                local,
+                id: id.map(|i| i.to_owned()),
+                reply_to: reg.outbox.clone(),
+            };
+            if let Err((e, req)) = node.broker.publish(req, &node.metrics) {
+                let (code, msg) = match e {
+                    EnqueueError::Overloaded => (ErrorCode::Overloaded, "node overloaded: message not sent to other nodes, retry later"),
+                    _ => (ErrorCode::Unavailable, "node is shutting down: message not sent to other nodes"),
+                };
+                fail(req.id.as_deref(), FrameError::new(code, msg));
+            }
+        }
+        protocol::TYPE_LATENCY => match protocol::parse_latency_ms(frame.payload) {
+            Ok(ms) => {
+                node.metrics.client_latency_ms.observe(ms);
+                if let Some(id) = id {
+                    reply(protocol::encode_ack(id, None));
+                }
+            }
+            Err(err) => fail(id, err),
+        },
+        protocol::TYPE_HEARTBEAT => {
+            node.broker.touch(&reg.user);
+            if let Some(id) = id {
+                reply(protocol::encode_ack(id, None));
+            }
+        }
+        other => {
+            let err = FrameError::new(ErrorCode::UnknownType, format!("unknown frame type {other:?}"));
+            fail(id, err)
+        }
+    }
+}
+
+/// Writes queued frames in batches and pings; on close, flushes the queue if draining and sends
+/// the close frame.
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Bytes>, ctl: Arc<SessionCtl>, ping_every: Duration) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = ctl.closed() => break,
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                if write_batch(&mut sink, &mut batch).await.is_err() {
+                    ctl.close_with(PEER_BROKE);
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                if tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Bytes::new()))).await.map_or(true, |r| r.is_err()) {
+                    ctl.close_with(PEER_BROKE);
+                    return;
+                }
+            }
+        }
+    }
+    match ctl.code() {
+        Some(close::DRAINING) => {
+            // Nothing already queued is lost on drain.
+            while let Ok(f) = rx.try_recv() {
+                batch.push(f);
+                if batch.len() == WRITE_BATCH && write_batch(&mut sink, &mut batch).await.is_err() {
+                    return;
+                }
+            }
+            if write_batch(&mut sink, &mut batch).await.is_err() {
+                return;
+            }
+            send_close(&mut sink, close::DRAINING, "node draining, reconnect").await;
+        }
+        Some(code @ (close::SLOW_CONSUMER | close::TOO_LARGE | close::INVALID_PAYLOAD | close::INTERNAL)) => {
+            let reason = match code {
+                close::SLOW_CONSUMER => "slow consumer: send queue overflowed",
+                close::TOO_LARGE => "frame too large",
+                close::INVALID_PAYLOAD => "invalid UTF-8",
+                _ => "internal error",
+            };
+            // Error frames queued just before (too_large, invalid_utf8) go out first.
+            if code != close::SLOW_CONSUMER {
+                while let Ok(f) = rx.try_recv() {
+                    batch.push(f);
+                }
+                let _ = write_batch(&mut sink, &mut batch).await;
+            }
+            send_close(&mut sink, code, reason).await;
+        }
+        Some(IDLE) => send_close(&mut sink, close::GOING_AWAY, "idle timeout").await,
+        _ => {}
+    }
+}
+
+async fn write_batch(sink: &mut SplitSink<WebSocket, Message>, batch: &mut Vec<Bytes>) -> Result<(), ()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let write = async {
+        for frame in batch.drain(..) {
+            // Every frame is JSON we wrote or an envelope that parsed as JSON: valid UTF-8.
+            let text = Utf8Bytes::try_from(frame).map_err(|_| ())?;
+            sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+        }
+        sink.flush().await.map_err(|_| ())
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write).await.map_err(|_| ())?
+}
+
+async fn send_close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) {
+    let frame = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }));
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = sink.send(frame).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}
