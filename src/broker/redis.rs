@@ -123,7 +123,7 @@ impl RedisBroker {
             registered: HashSet::new(),
             lease: Lease { address: node.address.clone(), version: env!("CARGO_PKG_VERSION").to_string(), started_at, connections: 0 },
         };
-        broker.tracker.spawn(writer.run(routes_rx));
+        broker.tracker.spawn(writer.run(routes_rx, broker.stop.clone()));
         let publisher = Publisher {
             client: client.clone(),
             server_id: node.server_id.clone(),
@@ -207,9 +207,20 @@ struct RouteWriter {
 }
 
 impl RouteWriter {
-    async fn run(mut self, mut rx: mpsc::Receiver<RouteOp>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<RouteOp>, stop: CancellationToken) {
         let mut batch = Vec::with_capacity(ROUTE_BATCH);
-        while rx.recv_many(&mut batch, ROUTE_BATCH).await > 0 {
+        loop {
+            let n = tokio::select! {
+                n = rx.recv_many(&mut batch, ROUTE_BATCH) => n,
+                _ = stop.cancelled() => {
+                    // The broker holds a sender, so the queue never closes by itself.
+                    rx.close();
+                    rx.recv_many(&mut batch, ROUTE_QUEUE).await
+                }
+            };
+            if n == 0 {
+                break;
+            }
             let mut waiters = Vec::new();
             let mut users: HashSet<Arc<str>> = HashSet::new();
             let mut touched: HashSet<Arc<str>> = HashSet::new();
