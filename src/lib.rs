@@ -13,6 +13,7 @@
 
 pub mod broker;
 pub mod hub;
+pub mod load;
 pub mod metrics;
 pub mod protocol;
 pub mod redis;

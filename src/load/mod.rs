@@ -1,0 +1,1 @@
+//! The load engine (issue 3): not built yet.
