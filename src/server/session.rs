@@ -78,14 +78,17 @@ pub(crate) async fn run(socket: WebSocket, reg: Registration, rx: mpsc::Receiver
     async move {
         debug!("connected");
         let node = reg.node.clone();
-        let (sink, stream) = socket.split();
+        let (sink, mut stream) = socket.split();
         let writer = node.sessions.spawn(write_loop(sink, rx, ctl.clone(), node.limits.ping_interval).in_current_span());
-        let end = read_loop(stream, &reg, &ctl).await;
+        let end = read_loop(&mut stream, &reg, &ctl).await;
         ctl.close_with(end);
-        let _ = writer.await;
         let code = ctl.code().unwrap_or(end);
         if !matches!(code, PEER_GONE | close::NORMAL | close::DRAINING) {
             node.metrics.unexpected_disconnects.inc();
+        }
+        let _ = writer.await;
+        if !matches!(code, PEER_GONE | PEER_BROKE) {
+            await_close_echo(&mut stream, code == close::TOO_LARGE).await;
         }
         debug!(code, "disconnected");
         reg.release().await;
@@ -95,7 +98,7 @@ pub(crate) async fn run(socket: WebSocket, reg: Registration, rx: mpsc::Receiver
 }
 
 /// Reads frames until the connection ends; returns the close code to send (or a PEER_* marker).
-async fn read_loop(mut stream: SplitStream<WebSocket>, reg: &Registration, ctl: &SessionCtl) -> u16 {
+async fn read_loop(stream: &mut SplitStream<WebSocket>, reg: &Registration, ctl: &SessionCtl) -> u16 {
     let idle = reg.node.limits.idle_timeout;
     loop {
         let next = tokio::select! {
@@ -121,6 +124,28 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, reg: &Registration, ctl: 
             }
         }
     }
+}
+
+/// We sent a close frame: read (and discard) until the peer's close or EOF, so the socket is not
+/// dropped with unread data (which makes the kernel send RST, and the peer may then lose our
+/// close frame). Bounded by [`CLOSE_TIMEOUT`].
+/// After a frame over the limit the rest of it is still unread and tungstenite reports the
+/// stream as ended, so wait out the timeout: the peer gets the time to read our close frame.
+async fn await_close_echo(stream: &mut SplitStream<WebSocket>, unread_remains: bool) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(_))) => return,
+                None if !unread_remains => return,
+                None => std::future::pending::<()>().await,
+                Some(Ok(_)) => {}
+                // Unreadable (e.g. the rest of an oversized frame): give the peer the time to
+                // read our close frame before the socket goes.
+                Some(Err(_)) => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await;
 }
 
 /// A read error: a frame over the limit or invalid UTF-8 gets an error frame and its close code;

@@ -327,7 +327,11 @@ impl Client {
             match msg {
                 Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(&t).unwrap()),
                 Some(Ok(Message::Close(Some(f)))) => return (frames, Closed::Code(u16::from(f.code))),
-                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return (frames, Closed::NoFrame),
+                Some(Ok(Message::Close(None))) | None => return (frames, Closed::NoFrame),
+                Some(Err(e)) => {
+                    eprintln!("connection ended with an error: {e}");
+                    return (frames, Closed::NoFrame);
+                }
                 Some(Ok(_)) => continue,
             }
         }
