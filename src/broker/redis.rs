@@ -386,7 +386,8 @@ impl Publisher {
                 return;
             }
             let result = self.route(&batch).await;
-            if result.is_err() {
+            if let Err(e) = &result {
+                warn!(error = %e, messages = batch.len(), "routing a batch failed");
                 self.metrics.redis_errors.inc();
                 self.degraded.store(true, Ordering::Relaxed);
             }
@@ -410,7 +411,8 @@ impl Publisher {
         for u in &names {
             let _: () = p.smembers(routes::user_servers_key(u)).await?;
         }
-        let sets: Vec<Vec<String>> = if names.len() == 1 { vec![p.all().await?] } else { p.all().await? };
+        // try_all: one result per command (all() flattens a one-command pipeline's reply).
+        let sets = p.try_all::<Vec<String>>().await.into_iter().collect::<Result<Vec<_>, _>>()?;
 
         // 2. Is each route to another node alive? (Our own routes are served by the hub.)
         let mut candidates: Vec<(&str, String)> = Vec::new();
@@ -427,7 +429,7 @@ impl Publisher {
             for (u, s) in &candidates {
                 let _: () = p.exists(routes::user_online_key(u, s)).await?;
             }
-            alive = if candidates.len() == 1 { vec![p.all::<i64>().await?] } else { p.all::<Vec<i64>>().await? };
+            alive = p.try_all::<i64>().await.into_iter().collect::<Result<Vec<_>, _>>()?;
         }
         for ((u, s), n) in candidates.into_iter().zip(alive) {
             if n > 0 {

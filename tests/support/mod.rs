@@ -198,6 +198,7 @@ impl TestNode {
     }
 
     pub async fn start_with(id: &str, redis: Option<RedisConfig>, limits: Limits) -> TestNode {
+        init_logs();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = ServerConfig { server_id: id.to_string(), redis, limits, advertise: None };
@@ -365,4 +366,10 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Logs from the nodes under test, shown for failing tests (`RUST_LOG` filters; default warn).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
