@@ -265,6 +265,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
 /// A real WebSocket client (tokio-tungstenite) over loopback.
 pub struct Client {
     pub ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    /// Frames read by `recv_chat`/`recv_ack` while looking for another type.
+    pending: Vec<Value>,
 }
 
 /// How a connection ended, as the client saw it.
@@ -277,7 +279,7 @@ pub enum Closed {
 impl Client {
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
-        Client { ws }
+        Client { ws, pending: Vec::new() }
     }
 
     pub async fn send(&mut self, v: Value) {
@@ -290,6 +292,13 @@ impl Client {
 
     /// The next text/binary frame as JSON, skipping pings; panics after [`RECV_TIMEOUT`].
     pub async fn recv(&mut self) -> Value {
+        if !self.pending.is_empty() {
+            return self.pending.remove(0);
+        }
+        self.recv_direct().await
+    }
+
+    async fn recv_direct(&mut self) -> Value {
         self.try_recv(RECV_TIMEOUT).await.expect("expected a frame, got none in time")
     }
 
@@ -305,6 +314,30 @@ impl Client {
                 Ok(_) => continue,
                 Err(e) => panic!("expected a frame, got error {e}"),
             }
+        }
+    }
+
+    /// The next frame of type `chat_message`, skipping acks (which may arrive in any order
+    /// relative to chat frames from other senders).
+    pub async fn recv_chat(&mut self) -> Value {
+        self.recv_type("chat_message").await
+    }
+
+    /// The next `ack` frame, skipping chat frames.
+    pub async fn recv_ack(&mut self) -> Value {
+        self.recv_type("ack").await
+    }
+
+    async fn recv_type(&mut self, kind: &str) -> Value {
+        if let Some(i) = self.pending.iter().position(|f| f["type"] == kind) {
+            return self.pending.remove(i);
+        }
+        loop {
+            let f = self.recv_direct().await;
+            if f["type"] == kind {
+                return f;
+            }
+            self.pending.push(f);
         }
     }
 
