@@ -206,3 +206,32 @@ async fn redis_killed_and_restarted_routes_come_back_and_delivery_resumes() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn acl_user_and_password_are_used_and_a_wrong_password_fails_clearly() {
+    let redis = RedisServer::start();
+    assert_eq!(redis.cli(&["ACL", "SETUSER", "app", "on", ">s3cret", "~*", "&*", "+@all"]), "OK");
+    let url = format!("redis://app:s3cret@127.0.0.1:{}", redis.port);
+    let a = TestNode::start("node-acl", Some(wsctl::RedisConfig { url, ..Default::default() })).await;
+    let _bob = a.connect("bob").await;
+    assert_eq!(redis.cli(&["SMEMBERS", "user_servers:bob"]), "node-acl");
+    // Credentials given apart from the URL work too.
+    let split = wsctl::RedisConfig {
+        url: redis.url(),
+        username: Some("app".into()),
+        password: Some("s3cret".into()),
+        ..Default::default()
+    };
+    let b = TestNode::start("node-acl-2", Some(split)).await;
+    b.stop().await;
+
+    let bad = wsctl::RedisConfig { url: format!("redis://app:nope@127.0.0.1:{}", redis.port), ..Default::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = wsctl::serve(listener, wsctl::ServerConfig { redis: Some(bad), ..wsctl::ServerConfig::embedded("x") }, Default::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot connect to Redis") && err.contains("app:***@"), "{err}");
+    assert!(!err.contains("nope"), "the password never appears in errors: {err}");
+    a.stop().await;
+}
