@@ -79,6 +79,16 @@ pub enum RedisConfigError {
     Connect { url: String, source: fred::error::Error },
 }
 
+/// rustls needs one process-wide crypto provider; with two compiled in (ring for fred,
+/// aws-lc-rs for the AWS SDK) it will not pick, so pick ring, once. A provider installed earlier
+/// by the embedding program wins.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Hides a password in a URL for logs and errors.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -136,6 +146,7 @@ impl RedisConfig {
     }
 
     fn builder(&self) -> Result<Builder, RedisConfigError> {
+        install_crypto_provider();
         let mut builder = Builder::from_config(self.fred_config()?);
         builder
             .with_connection_config(|c| {

@@ -73,7 +73,7 @@ impl RedisServer {
         Self::start_with(Vec::new())
     }
 
-    fn start_with(extra: Vec<String>) -> RedisServer {
+    pub fn start_with(extra: Vec<String>) -> RedisServer {
         let mut server = RedisServer { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None, extra };
         server.spawn();
         server
