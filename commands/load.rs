@@ -166,17 +166,17 @@ fn build_config(args: &RunArgs, profile: &Profile, file: &Path) -> anyhow::Resul
     let dur = |s: &str| humantime::parse_duration(s).map_err(|_| wsctl::load::ConfigError::Invalid { what: "duration", value: s.to_string(), hint: "e.g. 500ms, 30s, 2m" });
     set!(clients, args.clients, p.clients);
     set!(connections_per_user, args.connections_per_user, p.connections_per_user);
-    set!(ramp_per_s, args.ramp.as_deref().map(parse_rate).transpose()?, Profile::field(file, "ramp", &p.ramp, parse_rate)?);
-    set!(duration, args.duration, Profile::field(file, "duration", &p.duration, dur)?);
+    set!(ramp_per_s, args.ramp.as_deref().map(parse_rate).transpose()?, p.field(file, "ramp", &p.ramp, parse_rate)?);
+    set!(duration, args.duration, p.field(file, "duration", &p.duration, dur)?);
     set!(hot_users, args.hot_users, p.hot_users);
     set!(payload_size, args.payload_size, p.payload_size);
-    set!(heartbeat, args.heartbeat, Profile::field(file, "heartbeat", &p.heartbeat, dur)?);
-    set!(latency_report, args.latency_report, Profile::field(file, "latency-report", &p.latency_report, dur)?);
-    set!(drain, args.drain, Profile::field(file, "drain", &p.drain, dur)?);
+    set!(heartbeat, args.heartbeat, p.field(file, "heartbeat", &p.heartbeat, dur)?);
+    set!(latency_report, args.latency_report, p.field(file, "latency-report", &p.latency_report, dur)?);
+    set!(drain, args.drain, p.field(file, "drain", &p.drain, dur)?);
     set!(user_prefix, args.user_prefix.clone(), p.user_prefix.clone());
-    set!(connect_timeout, args.connect_timeout, Profile::field(file, "connect-timeout", &p.connect_timeout, dur)?);
-    set!(pattern, args.pattern.as_deref().map(Pattern::parse).transpose()?, Profile::field(file, "pattern", &p.pattern, Pattern::parse)?);
-    set!(source_ips, args.source_ip.as_deref().map(parse_source_ips).transpose()?, Profile::field(file, "source-ip", &p.source_ip, parse_source_ips)?);
+    set!(connect_timeout, args.connect_timeout, p.field(file, "connect-timeout", &p.connect_timeout, dur)?);
+    set!(pattern, args.pattern.as_deref().map(Pattern::parse).transpose()?, p.field(file, "pattern", &p.pattern, Pattern::parse)?);
+    set!(source_ips, args.source_ip.as_deref().map(parse_source_ips).transpose()?, p.field(file, "source-ip", &p.source_ip, parse_source_ips)?);
     if let Some(s) = &args.shard {
         c.shard = parse_shard(s)?;
     }
@@ -188,8 +188,8 @@ fn build_config(args: &RunArgs, profile: &Profile, file: &Path) -> anyhow::Resul
         _ => None,
     };
     let prof_rate = match (&p.total_rate, &p.rate) {
-        (Some(_), _) => Profile::field(file, "total-rate", &p.total_rate, parse_rate)?.map(Rate::Total),
-        (None, Some(_)) => Profile::field(file, "rate", &p.rate, parse_rate)?.map(Rate::PerConnection),
+        (Some(_), _) => p.field(file, "total-rate", &p.total_rate, parse_rate)?.map(Rate::Total),
+        (None, Some(_)) => p.field(file, "rate", &p.rate, parse_rate)?.map(Rate::PerConnection),
         _ => None,
     };
     set!(rate, flag_rate, prof_rate);
@@ -335,7 +335,11 @@ fn summary(r: &Report) -> Table {
     let errors = if m.server_errors.is_empty() {
         "none".to_string()
     } else {
-        m.server_errors.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+        m.server_errors
+            .iter()
+            .map(|(k, v)| format!("{k}: {v} ({})", m.server_error_samples.get(k).map_or("", String::as_str)))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     let rows: Vec<(&str, String)> = vec![
         ("run", format!("{} users x {} conn, {} pattern, {:.2} msgs/s per conn, shards {}", r.run.clients, r.run.connections_per_user, r.run.pattern, r.run.rate_per_connection, r.run.shards.join(","))),
@@ -343,6 +347,7 @@ fn summary(r: &Report) -> Table {
         ("connect time", pct(&r.connect_ms)),
         ("failed attempts / reconnects", format!("{} / {}", c.failed_attempts, c.reconnects)),
         ("unexpected closes", closes),
+        ("our closes (1000)", format!("{} sent, {} answered by the server", c.closed_by_us, c.clean_closes)),
         ("messages", format!("{} sent, {} delivered in {:.1} s", m.sent, m.delivered, m.traffic_seconds)),
         ("throughput", format!("{:.0} sent/s, {:.0} delivered/s", m.sent_per_s, m.delivered_per_s)),
         ("latency (end to end)", pct(&r.latency_ms)),

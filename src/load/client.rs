@@ -60,9 +60,11 @@ pub(crate) struct SlotOutcome {
     pub failed_attempts: u64,
     pub reconnects: u64,
     pub ever_connected: bool,
+    pub closed_by_us: bool,
     pub clean_close: bool,
     pub unexpected_closes: BTreeMap<String, u64>,
     pub server_errors: BTreeMap<String, u64>,
+    pub server_error_samples: BTreeMap<String, String>,
     pub other_frames: u64,
 }
 
@@ -125,7 +127,7 @@ pub(crate) async fn run_slot(sh: Arc<Shared>, slot: u32) -> SlotOutcome {
             break;
         }
         let attempt = tokio::select! {
-            r = connect(&sh, slot) => Some(r),
+            r = connect(&sh, slot, s.out.failed_attempts + s.out.reconnects) => Some(r),
             _ = sh.close.cancelled() => None,
         };
         if first {
@@ -147,6 +149,7 @@ pub(crate) async fn run_slot(sh: Arc<Shared>, slot: u32) -> SlotOutcome {
                 flush_batch(&sh, &mut s);
                 match end {
                     End::Ours { clean } => {
+                        s.out.closed_by_us = true;
                         s.out.clean_close = clean;
                         break;
                     }
@@ -177,8 +180,10 @@ pub(crate) async fn run_slot(sh: Arc<Shared>, slot: u32) -> SlotOutcome {
     s.out
 }
 
-async fn connect(sh: &Shared, slot: u32) -> Result<Ws, String> {
-    let target = sh.plan.target_of(slot);
+/// `retry` counts earlier attempts: each retry moves to the next target, as a real client
+/// behind a load balancer would land anywhere (a drained node's users move to the others).
+async fn connect(sh: &Shared, slot: u32, retry: u64) -> Result<Ws, String> {
+    let target = ((sh.plan.target_of(slot) as u64 + retry) % sh.plan.targets as u64) as usize;
     let addr = sh.addrs[target];
     let started = Instant::now();
     let work = async {
@@ -404,10 +409,12 @@ fn on_message(sh: &Shared, s: &mut Slot, m: Message) -> Option<u16> {
             flush_batch(sh, s);
         }
     } else if text.contains(r#""type":"error""#) {
-        let code = serde_json::from_str::<serde_json::Value>(text)
-            .ok()
-            .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_string))
-            .unwrap_or_else(|| "unknown".to_string());
+        let v = serde_json::from_str::<serde_json::Value>(text).ok();
+        let field = |k: &str| v.as_ref().and_then(|v| v.get(k)).and_then(|c| c.as_str()).map(str::to_string);
+        let code = field("code").unwrap_or_else(|| "unknown".to_string());
+        if !s.out.server_error_samples.contains_key(&code) {
+            s.out.server_error_samples.insert(code.clone(), field("message").unwrap_or_default());
+        }
         *s.out.server_errors.entry(code).or_default() += 1;
         sh.live.errors.fetch_add(1, Relaxed);
     } else if !text.contains(r#""type":"ack""#) {

@@ -353,6 +353,9 @@ pub struct Profile {
     /// Thresholds, as `--assert`.
     #[serde(default)]
     pub assert: Vec<String>,
+    /// The YAML text, to point at the line of a value that parses as YAML but not as a value.
+    #[serde(skip)]
+    source: String,
 }
 
 impl Profile {
@@ -363,7 +366,7 @@ impl Profile {
 
     /// Parses YAML text; `file` only names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Profile, ConfigError> {
-        serde_saphyr::from_str::<Profile>(text).map_err(|e| {
+        let parsed = serde_saphyr::from_str::<Profile>(text).map_err(|e| {
             let loc = e.location();
             let line = loc.as_ref().map(|l| l.line() as usize).unwrap_or(0);
             let column = loc.as_ref().map(|l| l.column() as usize).unwrap_or(0);
@@ -377,14 +380,24 @@ impl Profile {
                 .unwrap_or_else(|| "?".to_string());
             let message = e.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
             ConfigError::Profile { file: file.to_path_buf(), line, column, field, message }
-        })
+        });
+        let mut profile = parsed?;
+        profile.source = text.to_string();
+        Ok(profile)
     }
 
-    /// A profile value parsed with `f`, with the field named if it is wrong.
-    pub fn field<T>(file: &Path, field: &'static str, value: &Option<String>, f: impl Fn(&str) -> Result<T, ConfigError>) -> Result<Option<T>, ConfigError> {
+    /// A profile value parsed with `f`, with file, line and field named if it is wrong.
+    pub fn field<T>(&self, file: &Path, field: &'static str, value: &Option<String>, f: impl Fn(&str) -> Result<T, ConfigError>) -> Result<Option<T>, ConfigError> {
         match value {
             None => Ok(None),
-            Some(v) => f(v).map(Some).map_err(|e| ConfigError::ProfileValue { file: file.to_path_buf(), field, error: e.to_string() }),
+            Some(v) => f(v).map(Some).map_err(|e| {
+                let line = self
+                    .source
+                    .lines()
+                    .position(|l| l.trim_start().strip_prefix(field).is_some_and(|rest| rest.trim_start().starts_with(':')))
+                    .map_or(0, |i| i + 1);
+                ConfigError::ProfileValue { file: file.to_path_buf(), line, field, error: e.to_string() }
+            }),
         }
     }
 }
@@ -399,8 +412,8 @@ pub enum ConfigError {
     Invalid { what: &'static str, value: String, hint: &'static str },
     #[error("{file}:{line}:{column}: field `{field}`: {message}")]
     Profile { file: PathBuf, line: usize, column: usize, field: String, message: String },
-    #[error("{file}: field `{field}`: {error}")]
-    ProfileValue { file: PathBuf, field: &'static str, error: String },
+    #[error("{file}:{line}: field `{field}`: {error}")]
+    ProfileValue { file: PathBuf, line: usize, field: &'static str, error: String },
     #[error("cannot read profile {file}: {error}")]
     ProfileRead { file: PathBuf, error: String },
     #[error(

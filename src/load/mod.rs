@@ -340,6 +340,7 @@ fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, connected_
         connections.never_connected += u64::from(!o.ever_connected);
         connections.reconnects += o.reconnects;
         connections.clean_closes += u64::from(o.clean_close);
+        connections.closed_by_us += u64::from(o.closed_by_us);
         add(&mut connections.unexpected_closes, &o.unexpected_closes);
         messages.sent += o.sent;
         messages.delivered += o.delivered;
@@ -349,6 +350,9 @@ fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, connected_
         messages.latency_reports += o.latency_reports;
         messages.other_frames += o.other_frames;
         add(&mut messages.server_errors, &o.server_errors);
+        for (k, v) in &o.server_error_samples {
+            messages.server_error_samples.entry(k.clone()).or_insert_with(|| v.clone());
+        }
         sent_to_offline += o.sent_to_offline;
     }
     // Slots whose task never reported (abandoned at the finish timeout) never connected as far

@@ -69,7 +69,10 @@ pub struct ConnectionStats {
     pub reconnects: u64,
     /// Closes we did not ask for, by close code (`1012`, `4008`) or `error` / `eof`.
     pub unexpected_closes: BTreeMap<String, u64>,
-    /// Our closes (1000) the server answered in time.
+    /// Connections we closed with 1000 at the end of the run.
+    pub closed_by_us: u64,
+    /// Of those, the ones whose server answered with its own close frame in time (RFC 6455
+    /// asks it to; a server that just drops the TCP connection shows here).
     pub clean_closes: u64,
 }
 
@@ -93,6 +96,9 @@ pub struct MessageStats {
     pub latency_reports: u64,
     /// `error` frames from the server, by code.
     pub server_errors: BTreeMap<String, u64>,
+    /// One message per error code, as the server worded it.
+    #[serde(default)]
+    pub server_error_samples: BTreeMap<String, String>,
     /// Frames that were not ours and not an `error`/`ack`.
     pub other_frames: u64,
 }
@@ -198,6 +204,7 @@ impl Report {
             c.never_connected += rc.never_connected;
             c.reconnects += rc.reconnects;
             c.clean_closes += rc.clean_closes;
+            c.closed_by_us += rc.closed_by_us;
             add_map(&mut c.unexpected_closes, &rc.unexpected_closes);
             let m = &mut out.messages;
             let rm = &r.messages;
@@ -212,6 +219,9 @@ impl Report {
             m.latency_reports += rm.latency_reports;
             m.other_frames += rm.other_frames;
             add_map(&mut m.server_errors, &rm.server_errors);
+            for (k, v) in &rm.server_error_samples {
+                m.server_error_samples.entry(k.clone()).or_insert_with(|| v.clone());
+            }
             let a = &mut out.audit;
             let ra = &r.audit;
             a.expected += ra.expected;
