@@ -211,23 +211,32 @@ async fn connect(sh: &Shared, slot: u32, retry: u64) -> Result<Ws, String> {
 
 /// Runs one live connection until the run closes it or it breaks.
 async fn drive(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> End {
-    let close = sh.close.cancelled();
-    let go = sh.go.cancelled();
-    tokio::pin!(close, go);
-    let mut traffic_known = sh.go.is_cancelled();
-    if traffic_known {
-        start_traffic(sh, s);
-    }
-    let sleep = tokio::time::sleep_until(next_wake(sh, s));
+    // Run-wide signals arrive through this slot's own Notify: polling a shared token's future
+    // in every loop turn would take the token's one waiter lock per message, from every thread.
+    let notify = &sh.control[s.out.slot as usize];
+    let control = notify.notified();
+    tokio::pin!(control);
+    let mut traffic_known = false;
+    let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
+    let mut check = true;
     loop {
-        tokio::select! {
-            biased;
-            _ = &mut close => return close_clean(ws).await,
-            _ = &mut go, if !traffic_known => {
+        if check {
+            check = false;
+            if sh.close.is_cancelled() {
+                return close_clean(ws).await;
+            }
+            if !traffic_known && sh.go.is_cancelled() {
                 traffic_known = true;
                 start_traffic(sh, s);
-                sleep.as_mut().reset(next_wake(sh, s));
+            }
+            sleep.as_mut().reset(next_wake(sh, s));
+        }
+        tokio::select! {
+            biased;
+            _ = &mut control => {
+                control.set(notify.notified());
+                check = true;
             }
             msg = ws.next() => match msg {
                 Some(Ok(m)) => {

@@ -198,6 +198,8 @@ pub(crate) struct Shared {
     online: Vec<AtomicBool>,
     /// Per slot: deliveries owed while it was down.
     missed: Vec<AtomicU64>,
+    /// Per slot: woken when `go` or `close` changes (see `client::drive`).
+    control: Vec<tokio::sync::Notify>,
     /// Started when traffic begins; `traffic_start` is set just before.
     go: CancellationToken,
     traffic_start: OnceLock<Instant>,
@@ -247,6 +249,7 @@ pub async fn run(config: LoadConfig, live: Arc<Live>, stop: CancellationToken, f
         live: live.clone(),
         online: (0..slots).map(|_| AtomicBool::new(false)).collect(),
         missed: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+        control: (0..slots).map(|_| tokio::sync::Notify::new()).collect(),
         go: CancellationToken::new(),
         traffic_start: OnceLock::new(),
         close: CancellationToken::new(),
@@ -285,6 +288,7 @@ pub async fn run(config: LoadConfig, live: Arc<Live>, stop: CancellationToken, f
     let start = Instant::now() + SETTLE;
     let _ = shared.traffic_start.set(start);
     shared.go.cancel();
+    shared.control.iter().for_each(tokio::sync::Notify::notify_one);
     live.set_phase(Phase::Running);
     let send_end = start + shared.config.duration;
     tokio::select! {
@@ -304,6 +308,7 @@ pub async fn run(config: LoadConfig, live: Arc<Live>, stop: CancellationToken, f
     }
     live.set_phase(Phase::Closing);
     shared.close.cancel();
+    shared.control.iter().for_each(tokio::sync::Notify::notify_one);
     tracker.close();
     let mut outcomes = Vec::with_capacity(handles.len());
     let finish = tokio::time::timeout(FINISH_TIMEOUT, async {
