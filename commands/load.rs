@@ -1,12 +1,364 @@
-//! `wsctl load`: not built yet (issue 3).
+//! `wsctl load`: flags and profile merged into a validated [`LoadConfig`], live progress while
+//! the engine runs, the summary table, `--json`, `--assert` thresholds (exit code 99 on failure,
+//! as k6), `--spawn-local`, and `wsctl load merge` for shard reports.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::Args;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Table};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+use wsctl::load::config::{parse_rate, parse_shard, parse_source_ips};
+use wsctl::load::{Assertion, AssertionResult, Live, LoadConfig, Pattern, Phase, Profile, Rate, Report};
+
+use crate::util::{parse_duration, raise_fd_limit};
+
+/// Exit code when a threshold fails (k6 uses the same).
+const THRESHOLD_FAILED: u8 = 99;
+/// The smoke profile, built in for `--spawn-local`.
+const SMOKE_PROFILE: &str = include_str!("../profiles/smoke.yaml");
+/// How often the progress line refreshes.
+const PROGRESS_TICK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Args)]
-pub struct LoadArgs {}
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Flags override the profile; the profile overrides the defaults.\n\
+Thresholds (--assert, repeatable): METRIC OP VALUE with OP one of < <= > >= = !=, durations in ms/s.\n\
+  metrics: p50 p90 p99 p99.9 max mean connect_p50 connect_p99 connect_max lost duplicated reordered\n\
+           sent delivered delivered_per_s sent_per_s connected never_connected reconnects errors unexpected_closes\n\
+Exit codes: 0 ok, 1 error, 99 a threshold failed.\n\
+Examples:\n  wsctl load --spawn-local\n  \
+wsctl load --url ws://127.0.0.1:8081/ws --clients 1000 --rate 5 --duration 30s --assert 'p99<50ms' --assert lost=0\n  \
+wsctl load --profile profiles/chat-10k.yaml --url ws://127.0.0.1:8081/ws --url ws://127.0.0.1:8082/ws --json run.json\n  \
+wsctl load --profile p.yaml --shard 1/2 --json a.json   (and 2/2 into b.json, then)  wsctl load merge a.json b.json"
+)]
+pub struct LoadArgs {
+    #[command(subcommand)]
+    pub command: Option<LoadCommand>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
 
-pub async fn run(_args: LoadArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`wsctl load` is not built yet")
+#[derive(Debug, Subcommand)]
+pub enum LoadCommand {
+    /// Merge the JSON reports of several shards (--shard I/N) into one: histograms are added, so
+    /// percentiles are those of all samples, not averages.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Reports written with --json.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Write the merged report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Thresholds checked against the merged report.
+    #[arg(long = "assert")]
+    pub asserts: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// YAML profile (see profiles/); flags given here override its values.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Target, e.g. ws://127.0.0.1:8081/ws (repeatable: connections go round-robin over them).
+    #[arg(long = "url")]
+    pub urls: Vec<String>,
+    /// Start an embedded node in this process and run the smoke profile against it.
+    #[arg(long)]
+    pub spawn_local: bool,
+    /// Simulated users in the whole run (all shards). [default: 50]
+    #[arg(short = 'c', long)]
+    pub clients: Option<u32>,
+    /// WebSocket connections per user. [default: 1]
+    #[arg(long)]
+    pub connections_per_user: Option<u32>,
+    /// Connection rate, e.g. 1000/s. [default: 1000/s]
+    #[arg(long)]
+    pub ramp: Option<String>,
+    /// How long traffic runs once everyone is connected, e.g. 30s. [default: 5s]
+    #[arg(short = 'd', long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Messages per second per connection (15, 15/s, 1/10s); 0 holds idle connections. [default: 2]
+    #[arg(long)]
+    pub rate: Option<String>,
+    /// Messages per second for the whole run, split over the connections (overrides --rate).
+    #[arg(long)]
+    pub total_rate: Option<String>,
+    /// Receivers: random, ring, hot, self-node, cross-node. [default: random]
+    #[arg(long)]
+    pub pattern: Option<String>,
+    /// Receivers of the hot pattern. [default: 10]
+    #[arg(long)]
+    pub hot_users: Option<u32>,
+    /// Bytes of padding per message payload. [default: 32]
+    #[arg(long)]
+    pub payload_size: Option<usize>,
+    /// Heartbeat frame interval per connection. [default: 30s]
+    #[arg(long, value_parser = parse_duration)]
+    pub heartbeat: Option<Duration>,
+    /// latency_report frame interval per connection; 0s turns them off. [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    pub latency_report: Option<Duration>,
+    /// Local source addresses for client sockets, e.g. 127.0.0.2-127.0.0.9 (more than ~28k
+    /// connections to one target need several).
+    #[arg(long)]
+    pub source_ip: Option<String>,
+    /// Reconnect closed connections (1012 drain, 4008, errors) with jittered backoff.
+    #[arg(long)]
+    pub reconnect: bool,
+    /// After the last send, wait up to this long for messages in flight. [default: 2s]
+    #[arg(long, value_parser = parse_duration)]
+    pub drain: Option<Duration>,
+    /// User ids are PREFIX<index>. [default: load-]
+    #[arg(long)]
+    pub user_prefix: Option<String>,
+    /// Per connection attempt (TCP + handshake). [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Run shard I of N (1-based): N processes split the users without overlap; merge their
+    /// --json reports with `wsctl load merge`. Receivers are picked within the shard.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Write the full report (every figure, histograms serialized) to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Threshold, e.g. 'p99<50ms' or 'lost=0' (repeatable); any failure exits with 99.
+    #[arg(long = "assert")]
+    pub asserts: Vec<String>,
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(LoadCommand::Merge(m)) => merge(m),
+        None => run_load(args.run).await,
+    }
+}
+
+/// The profile's values, then the flags', into a config.
+fn build_config(args: &RunArgs, profile: &Profile, file: &Path) -> anyhow::Result<(LoadConfig, Vec<String>)> {
+    let mut urls = args.urls.clone();
+    if urls.is_empty() {
+        urls = profile.url.clone();
+    }
+    let mut c = LoadConfig::new(urls);
+    let p = profile;
+    macro_rules! set {
+        ($field:ident, $flag:expr, $prof:expr) => {
+            if let Some(v) = $flag {
+                c.$field = v;
+            } else if let Some(v) = $prof {
+                c.$field = v;
+            }
+        };
+    }
+    let dur = |s: &str| humantime::parse_duration(s).map_err(|_| wsctl::load::ConfigError::Invalid { what: "duration", value: s.to_string(), hint: "e.g. 500ms, 30s, 2m" });
+    set!(clients, args.clients, p.clients);
+    set!(connections_per_user, args.connections_per_user, p.connections_per_user);
+    set!(ramp_per_s, args.ramp.as_deref().map(parse_rate).transpose()?, p.field(file, "ramp", &p.ramp, parse_rate)?);
+    set!(duration, args.duration, p.field(file, "duration", &p.duration, dur)?);
+    set!(hot_users, args.hot_users, p.hot_users);
+    set!(payload_size, args.payload_size, p.payload_size);
+    set!(heartbeat, args.heartbeat, p.field(file, "heartbeat", &p.heartbeat, dur)?);
+    set!(latency_report, args.latency_report, p.field(file, "latency-report", &p.latency_report, dur)?);
+    set!(drain, args.drain, p.field(file, "drain", &p.drain, dur)?);
+    set!(user_prefix, args.user_prefix.clone(), p.user_prefix.clone());
+    set!(connect_timeout, args.connect_timeout, p.field(file, "connect-timeout", &p.connect_timeout, dur)?);
+    set!(pattern, args.pattern.as_deref().map(Pattern::parse).transpose()?, p.field(file, "pattern", &p.pattern, Pattern::parse)?);
+    set!(source_ips, args.source_ip.as_deref().map(parse_source_ips).transpose()?, p.field(file, "source-ip", &p.source_ip, parse_source_ips)?);
+    if let Some(s) = &args.shard {
+        c.shard = parse_shard(s)?;
+    }
+    c.reconnect = args.reconnect || p.reconnect.unwrap_or(false);
+    // A flag rate beats any profile rate; a total beats a per-connection rate at the same level.
+    let flag_rate = match (&args.total_rate, &args.rate) {
+        (Some(t), _) => Some(Rate::Total(parse_rate(t)?)),
+        (None, Some(r)) => Some(Rate::PerConnection(parse_rate(r)?)),
+        _ => None,
+    };
+    let prof_rate = match (&p.total_rate, &p.rate) {
+        (Some(_), _) => p.field(file, "total-rate", &p.total_rate, parse_rate)?.map(Rate::Total),
+        (None, Some(_)) => p.field(file, "rate", &p.rate, parse_rate)?.map(Rate::PerConnection),
+        _ => None,
+    };
+    set!(rate, flag_rate, prof_rate);
+    let mut asserts = p.assert.clone();
+    asserts.extend(args.asserts.iter().cloned());
+    Ok((c, asserts))
+}
+
+async fn run_load(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let fd_limit = raise_fd_limit();
+    let (profile, file) = match (&args.profile, args.spawn_local) {
+        (Some(path), _) => (Profile::load(path)?, path.clone()),
+        (None, true) => (Profile::parse(SMOKE_PROFILE, Path::new("profiles/smoke.yaml (built in)"))?, PathBuf::from("profiles/smoke.yaml")),
+        (None, false) => (Profile::default(), PathBuf::from("<no profile>")),
+    };
+    let (mut config, assert_texts) = build_config(&args, &profile, &file)?;
+    let asserts = assert_texts.iter().map(|a| Assertion::parse(a)).collect::<Result<Vec<_>, _>>()?;
+
+    // The embedded node, when asked for: its side of every connection is ours to count too.
+    let local = CancellationToken::new();
+    let mut server = None;
+    let mut extra_fds = 0;
+    if args.spawn_local {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the embedded node")?;
+        let addr = listener.local_addr()?;
+        config.urls = vec![format!("ws://{addr}/ws")];
+        extra_fds = config.connections();
+        let shutdown = local.clone();
+        server = Some(tokio::spawn(wsctl::serve(listener, wsctl::ServerConfig::embedded("local"), shutdown)));
+        eprintln!("wsctl load: embedded node on ws://{addr}/ws");
+    }
+
+    let live = Live::new();
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stop.cancel();
+            }
+        });
+    }
+    let progress = (!args.quiet).then(|| spawn_progress(live.clone(), config.duration));
+    let result = wsctl::load::run(config, live, stop, fd_limit, extra_fds).await;
+    if let Some((bar, task)) = progress {
+        task.abort();
+        bar.finish_and_clear();
+    }
+    if let Some(server) = server {
+        local.cancel();
+        let _ = server.await;
+    }
+    let report = result.context("load run")?;
+    finish(&report, &asserts, args.json.as_deref())
+}
+
+/// Draws the summary, writes the JSON, checks the thresholds.
+fn finish(report: &Report, asserts: &[Assertion], json: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let results: Vec<AssertionResult> = asserts.iter().map(|a| a.check(report)).collect();
+    println!("{}", summary(report));
+    if !results.is_empty() {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED).set_header(vec!["threshold", "actual", "result"]);
+        for r in &results {
+            t.add_row(vec![Cell::new(&r.assertion), Cell::new(format!("{:.3}", r.actual)), Cell::new(if r.passed { "ok" } else { "FAILED" })]);
+        }
+        println!("{t}");
+    }
+    if let Some(path) = json {
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            #[serde(flatten)]
+            report: &'a Report,
+            assertions: &'a [AssertionResult],
+        }
+        let text = serde_json::to_string_pretty(&Out { report, assertions: &results })?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if results.iter().any(|r| !r.passed) {
+        eprintln!("wsctl load: {} of {} thresholds failed", results.iter().filter(|r| !r.passed).count(), results.len());
+        return Ok(ExitCode::from(THRESHOLD_FAILED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
+    let asserts = args.asserts.iter().map(|a| Assertion::parse(a)).collect::<Result<Vec<_>, _>>()?;
+    let mut reports = Vec::new();
+    for f in &args.files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let r: Report = serde_json::from_str(&text).with_context(|| format!("{} is not a wsctl load --json report", f.display()))?;
+        reports.push(r);
+    }
+    let merged = Report::merge(&reports)?;
+    finish(&merged, &asserts, args.json.as_deref())
+}
+
+fn spawn_progress(live: Arc<Live>, duration: Duration) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let b = bar.clone();
+    let task = tokio::spawn(async move {
+        let mut last = live.snapshot();
+        let mut tick = tokio::time::interval(PROGRESS_TICK);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let s = live.snapshot();
+            let rate = (s.delivered - last.delivered) as f64 / PROGRESS_TICK.as_secs_f64();
+            let phase = match s.phase {
+                Phase::Connecting => "connecting".to_string(),
+                Phase::Running => format!("running ({}s of traffic)", duration.as_secs()),
+                Phase::Draining => "draining".to_string(),
+                Phase::Closing => "closing".to_string(),
+                _ => "done".to_string(),
+            };
+            let p99 = s.window_p99_ms.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+            b.set_message(format!(
+                "{phase}  connected {}/{}  {rate:.0} msgs/s  p99 {p99}  sent {}  delivered {}  errors {}  reconnects {}",
+                s.connected, s.target, s.sent, s.delivered, s.errors, s.reconnects
+            ));
+            last = s;
+        }
+    });
+    (bar, task)
+}
+
+fn summary(r: &Report) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(vec!["", "figure"]);
+    let c = &r.connections;
+    let m = &r.messages;
+    let a = &r.audit;
+    let pct = |p: &wsctl::load::Percentiles| {
+        format!("p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms  (n={})", p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms, p.count)
+    };
+    let closes = if c.unexpected_closes.is_empty() {
+        "none".to_string()
+    } else {
+        c.unexpected_closes.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+    };
+    let errors = if m.server_errors.is_empty() {
+        "none".to_string()
+    } else {
+        m.server_errors
+            .iter()
+            .map(|(k, v)| format!("{k}: {v} ({})", m.server_error_samples.get(k).map_or("", String::as_str)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let rows: Vec<(&str, String)> = vec![
+        ("run", format!("{} users x {} conn, {} pattern, {:.2} msgs/s per conn, shards {}", r.run.clients, r.run.connections_per_user, r.run.pattern, r.run.rate_per_connection, r.run.shards.join(","))),
+        ("connections", format!("{} target, {} up at start, {} peak, {} never connected", c.target, c.connected_at_start, c.peak, c.never_connected)),
+        ("connect time", pct(&r.connect_ms)),
+        ("failed attempts / reconnects", format!("{} / {}", c.failed_attempts, c.reconnects)),
+        ("unexpected closes", closes),
+        ("our closes (1000)", format!("{} sent, {} answered by the server", c.closed_by_us, c.clean_closes)),
+        ("messages", format!("{} sent, {} delivered in {:.1} s", m.sent, m.delivered, m.traffic_seconds)),
+        ("throughput", format!("{:.0} sent/s, {:.0} delivered/s", m.sent_per_s, m.delivered_per_s)),
+        ("latency (end to end)", pct(&r.latency_ms)),
+        ("audit", format!("{} owed, {} received, {} lost, {} duplicated, {} reordered", a.expected, a.received, a.lost, a.duplicated, a.reordered)),
+        ("offline", format!("{} sent to offline users ({} arrived anyway), {} owed to reconnecting connections, {} sends missed", a.sent_to_offline, a.offline_delivered, a.missed_while_offline, m.missed_sends)),
+        ("late sends", format!("{} (sender lag, counted in latency)", m.late_sends)),
+        ("heartbeats / latency reports", format!("{} / {}", m.heartbeats, m.latency_reports)),
+        ("server errors", errors),
+    ];
+    for (k, v) in rows {
+        t.add_row(vec![Cell::new(k), Cell::new(v)]);
+    }
+    t
 }

@@ -1,1 +1,405 @@
-//! The load engine (issue 3): not built yet.
+//! The load engine behind `wsctl load`: simulated users over real WebSocket connections,
+//! an open-model send schedule (latency counted from the intended send time, so a slow server
+//! cannot hide behind a slow client), HDR histograms, and a delivery audit. It returns data
+//! ([`Report`], live counters in [`Live`]); the command draws it.
+//!
+//! A run: connect every slot at the ramp rate, wait until each slot made its first attempt,
+//! start traffic for `duration`, wait for what is in flight (`drain`), close everything with 1000.
+//!
+//! # Layout
+//! - [`config`]: [`LoadConfig`], profiles and value parsers.
+//! - [`schedule`]: users, targets, receiver patterns, the payload stamp.
+//! - `client`: one connection slot's task.
+//! - [`audit`]: lost / duplicated / reordered per receiver connection.
+//! - [`report`]: [`Report`], merging, thresholds.
+
+pub mod audit;
+mod client;
+pub mod config;
+pub mod report;
+pub mod schedule;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use audit::{AuditTotals, ConnectionAudit};
+pub use config::{ConfigError, LoadConfig, Pattern, Profile, Rate};
+pub use report::{Assertion, AssertionResult, Percentiles, Report};
+
+use audit::SlotAuditInput;
+use client::SlotOutcome;
+use report::{encode_histogram, new_histogram, ConnectionStats, MessageStats, RunInfo, SerializedHistograms};
+use schedule::Plan;
+
+/// tungstenite's read buffer per connection. Its default (128 KiB) would cost ~135 KiB RSS per
+/// connection; our frames are a few hundred bytes.
+pub const READ_BUFFER: usize = 4 * 1024;
+/// Frames are batched up to this before a write syscall (we feed a tick's frames, then flush).
+pub const WRITE_BUFFER: usize = 4 * 1024;
+/// Cap on bytes buffered for one connection: a tick's burst of max-size frames fits; beyond it
+/// the send fails and the connection counts as broken rather than growing without end.
+pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
+/// Largest frame accepted from the server.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Histogram shards: connections record their latency batches into `slot % SHARDS`, so two
+/// threads rarely want the same lock.
+const LATENCY_SHARDS: usize = 16;
+/// Between the last first-connect attempt and the first send: the server registers a new
+/// connection's route (in Redis, for a fleet) just after the upgrade, and a message sent before
+/// that would be undeliverable.
+pub const SETTLE: Duration = Duration::from_millis(200);
+/// How often the engine checks whether in-flight messages have all arrived during the drain.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// After the run closes its connections, how long the slot tasks get to finish before they are
+/// abandoned (their close handshakes have their own timeout inside).
+const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A histogram shard: samples of the current progress interval, and everything before it.
+pub struct LatencyShard {
+    interval: Histogram<u64>,
+    total: Histogram<u64>,
+}
+
+/// The phase a run is in, for progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    Connecting,
+    Running,
+    Draining,
+    Closing,
+    Done,
+}
+
+/// Counters shared with the command for live progress. Written with relaxed atomics.
+pub struct Live {
+    pub target: AtomicU64,
+    pub connected: AtomicU64,
+    pub peak: AtomicU64,
+    pub sent: AtomicU64,
+    pub delivered: AtomicU64,
+    /// Distinct audited deliveries.
+    pub audited: AtomicU64,
+    /// Deliveries owed so far (audited messages times receiver connections up).
+    pub expected: AtomicU64,
+    pub errors: AtomicU64,
+    pub reconnects: AtomicU64,
+    phase: AtomicU8,
+    latency: Vec<Mutex<LatencyShard>>,
+    connect_hist: Mutex<Histogram<u64>>,
+}
+
+/// A progress sample.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub phase: Phase,
+    pub target: u64,
+    pub connected: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub errors: u64,
+    pub reconnects: u64,
+    /// p99 of the latencies recorded since the previous snapshot, in ms.
+    pub window_p99_ms: Option<f64>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            target: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            audited: AtomicU64::new(0),
+            expected: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            phase: AtomicU8::new(0),
+            latency: (0..LATENCY_SHARDS).map(|_| Mutex::new(LatencyShard { interval: new_histogram(), total: new_histogram() })).collect(),
+            connect_hist: Mutex::new(new_histogram()),
+        }
+    }
+}
+
+impl Live {
+    pub fn new() -> Arc<Live> {
+        Arc::new(Live::default())
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Relaxed) {
+            0 => Phase::Connecting,
+            1 => Phase::Running,
+            2 => Phase::Draining,
+            3 => Phase::Closing,
+            _ => Phase::Done,
+        }
+    }
+
+    fn set_phase(&self, p: Phase) {
+        self.phase.store(p as u8, Relaxed);
+    }
+
+    /// Folds the latest samples into the totals and returns the counters. Call it about once a
+    /// second: the window p99 covers the samples since the previous call.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut window = new_histogram();
+        for shard in &self.latency {
+            let mut g = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let LatencyShard { interval, total } = &mut *g;
+            // Same bounds on both sides: adding cannot fail.
+            let _ = total.add(&*interval);
+            let _ = window.add(&*interval);
+            interval.reset();
+        }
+        Snapshot {
+            phase: self.phase(),
+            target: self.target.load(Relaxed),
+            connected: self.connected.load(Relaxed),
+            sent: self.sent.load(Relaxed),
+            delivered: self.delivered.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            window_p99_ms: (!window.is_empty()).then(|| window.value_at_quantile(0.99) as f64 / 1000.0),
+        }
+    }
+
+    fn total_latency(&self) -> Histogram<u64> {
+        self.snapshot();
+        let mut all = new_histogram();
+        for shard in &self.latency {
+            let g = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = all.add(&g.total);
+        }
+        all
+    }
+}
+
+/// What the slot tasks share (read-mostly).
+pub(crate) struct Shared {
+    config: LoadConfig,
+    plan: Plan,
+    addrs: Vec<SocketAddr>,
+    ws_config: WebSocketConfig,
+    /// The process clock's zero: send times in payloads are nanoseconds since it.
+    epoch: Instant,
+    live: Arc<Live>,
+    /// Per slot: connected now.
+    online: Vec<AtomicBool>,
+    /// Per slot: deliveries owed while it was down.
+    missed: Vec<AtomicU64>,
+    /// Per slot: woken when `go` or `close` changes (see `client::drive`).
+    control: Vec<tokio::sync::Notify>,
+    /// Started when traffic begins; `traffic_start` is set just before.
+    go: CancellationToken,
+    traffic_start: OnceLock<Instant>,
+    /// Started when every connection should close.
+    close: CancellationToken,
+    first_attempts: AtomicU64,
+    padding: String,
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot resolve {target}: {error}")]
+    Resolve { target: String, error: String },
+}
+
+/// Runs a load test. `stop` ends the traffic early (Ctrl-C): the run still drains, closes and
+/// reports. `fd_limit` is the open-file limit in force, `extra_fds` sockets used besides the
+/// clients' (an embedded server's).
+pub async fn run(config: LoadConfig, live: Arc<Live>, stop: CancellationToken, fd_limit: u64, extra_fds: u64) -> Result<Report, LoadError> {
+    config.validate(fd_limit, extra_fds)?;
+    let mut addrs = Vec::with_capacity(config.urls.len());
+    for url in &config.urls {
+        let target = config::target_addr(url)?;
+        let addr = tokio::net::lookup_host(&target)
+            .await
+            .map_err(|e| LoadError::Resolve { target: target.clone(), error: e.to_string() })?
+            .next()
+            .ok_or_else(|| LoadError::Resolve { target: target.clone(), error: "no address".into() })?;
+        addrs.push(addr);
+    }
+    let plan = Plan::new(&config);
+    let slots = plan.slots();
+    live.target.store(u64::from(slots), Relaxed);
+    let shared = Arc::new(Shared {
+        padding: "x".repeat(config.payload_size),
+        ws_config: WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(WRITE_BUFFER)
+            .max_write_buffer_size(MAX_WRITE_BUFFER)
+            .max_message_size(Some(MAX_FRAME))
+            .max_frame_size(Some(MAX_FRAME)),
+        epoch: Instant::now(),
+        live: live.clone(),
+        online: (0..slots).map(|_| AtomicBool::new(false)).collect(),
+        missed: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+        control: (0..slots).map(|_| tokio::sync::Notify::new()).collect(),
+        go: CancellationToken::new(),
+        traffic_start: OnceLock::new(),
+        close: CancellationToken::new(),
+        first_attempts: AtomicU64::new(0),
+        addrs,
+        plan,
+        config,
+    });
+
+    // Ramp: spawn slots at the configured rate.
+    let tracker = TaskTracker::new();
+    let mut handles = Vec::with_capacity(slots as usize);
+    let t0 = Instant::now();
+    let per = Duration::from_secs_f64(1.0 / shared.config.ramp_per_s);
+    for slot in 0..slots {
+        let due = t0 + per * slot;
+        if due > Instant::now() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        handles.push(tracker.spawn(client::run_slot(shared.clone(), slot)));
+    }
+    let spawned = handles.len() as u64;
+    // Every slot has made its first attempt (each bounded by connect_timeout).
+    while shared.first_attempts.load(Relaxed) < spawned && !stop.is_cancelled() {
+        tokio::select! {
+            _ = tokio::time::sleep(DRAIN_POLL) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+    let connected_at_start = live.connected.load(Relaxed);
+
+    // Traffic.
+    let start = Instant::now() + SETTLE;
+    let _ = shared.traffic_start.set(start);
+    shared.go.cancel();
+    shared.control.iter().for_each(tokio::sync::Notify::notify_one);
+    live.set_phase(Phase::Running);
+    let send_end = start + shared.config.duration;
+    tokio::select! {
+        _ = tokio::time::sleep_until(send_end) => {}
+        _ = stop.cancelled() => {}
+    }
+    let sending_ended = Instant::now().min(send_end);
+    // Drain: wait until every owed delivery arrived, or the drain time is up.
+    live.set_phase(Phase::Draining);
+    let drain_end = Instant::now().max(send_end) + shared.config.drain;
+    loop {
+        let now = Instant::now();
+        if now >= drain_end || (now >= send_end && live.audited.load(Relaxed) >= live.expected.load(Relaxed)) {
+            break;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    live.set_phase(Phase::Closing);
+    shared.close.cancel();
+    shared.control.iter().for_each(tokio::sync::Notify::notify_one);
+    tracker.close();
+    let mut outcomes = Vec::with_capacity(handles.len());
+    let finish = tokio::time::timeout(FINISH_TIMEOUT, async {
+        for h in handles {
+            if let Ok(o) = h.await {
+                outcomes.push(o);
+            }
+        }
+    });
+    let _ = finish.await;
+    live.set_phase(Phase::Done);
+    // Rates are over the send window: what was delivered during the drain was sent inside it.
+    let traffic_seconds = sending_ended.saturating_duration_since(start).as_secs_f64();
+    Ok(build_report(&shared, &live, outcomes, connected_at_start, traffic_seconds))
+}
+
+fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, connected_at_start: u64, traffic_seconds: f64) -> Report {
+    let cfg = &sh.config;
+    let mut connections = ConnectionStats {
+        target: u64::from(sh.plan.slots()),
+        connected_at_start,
+        peak: live.peak.load(Relaxed),
+        ..ConnectionStats::default()
+    };
+    let mut messages = MessageStats { traffic_seconds, ..MessageStats::default() };
+    let mut sent_to_offline = 0;
+    let add = |into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>| {
+        for (k, v) in from {
+            *into.entry(k.clone()).or_default() += v;
+        }
+    };
+    for o in &outcomes {
+        connections.failed_attempts += o.failed_attempts;
+        connections.never_connected += u64::from(!o.ever_connected);
+        connections.reconnects += o.reconnects;
+        connections.clean_closes += u64::from(o.clean_close);
+        connections.closed_by_us += u64::from(o.closed_by_us);
+        add(&mut connections.unexpected_closes, &o.unexpected_closes);
+        messages.sent += o.sent;
+        messages.delivered += o.delivered;
+        messages.missed_sends += o.missed_sends;
+        messages.late_sends += o.late_sends;
+        messages.heartbeats += o.heartbeats;
+        messages.latency_reports += o.latency_reports;
+        messages.other_frames += o.other_frames;
+        add(&mut messages.server_errors, &o.server_errors);
+        for (k, v) in &o.server_error_samples {
+            messages.server_error_samples.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        sent_to_offline += o.sent_to_offline;
+    }
+    // Slots whose task never reported (abandoned at the finish timeout) never connected as far
+    // as the report can tell.
+    connections.never_connected += u64::from(sh.plan.slots()).saturating_sub(outcomes.len() as u64);
+    if traffic_seconds > 0.0 {
+        messages.sent_per_s = messages.sent as f64 / traffic_seconds;
+        messages.delivered_per_s = messages.delivered as f64 / traffic_seconds;
+    }
+    let (audit, audit_receivers) = audit::conclude(
+        sh.plan.users,
+        sh.plan.connections_per_user,
+        outcomes.iter().map(|o| (o.slot, &o.sent_counts)),
+        outcomes.iter().map(|o| SlotAuditInput {
+            slot: o.slot,
+            user: sh.plan.user_of(o.slot),
+            audit: &o.audit,
+            missed_while_offline: sh.missed[o.slot as usize].load(Relaxed),
+        }),
+        &sh.plan.names,
+        sent_to_offline,
+    );
+    let latency = live.total_latency();
+    let connect = live.connect_hist.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (i, n) = cfg.shard;
+    Report {
+        run: RunInfo {
+            urls: cfg.urls.clone(),
+            clients: cfg.clients,
+            connections_per_user: cfg.connections_per_user,
+            shards: vec![format!("{}/{n}", i + 1)],
+            pattern: cfg.pattern.as_str().to_string(),
+            rate_per_connection: cfg.rate_per_connection(),
+            payload_size: cfg.payload_size,
+            duration_s: cfg.duration.as_secs_f64(),
+        },
+        connections,
+        connect_ms: Percentiles::of(&connect),
+        latency_ms: Percentiles::of(&latency),
+        messages,
+        audit,
+        audit_receivers,
+        histograms: SerializedHistograms { latency_us: encode_histogram(&latency), connect_us: encode_histogram(&connect) },
+    }
+}

@@ -1,0 +1,190 @@
+//! Who sends to whom and where each connection goes: user ids, the URL of each connection
+//! (round-robin, non-sticky), receiver picking per [`Pattern`], and the chat frame's payload
+//! (sender, sequence, intended send time) written and read without building a JSON tree.
+
+use std::fmt::Write as _;
+
+use rand::Rng;
+
+use super::config::{LoadConfig, Pattern};
+
+/// The users of this shard and how they map to targets. Indexes are local (0..users).
+#[derive(Debug)]
+pub struct Plan {
+    /// Global index of local user 0.
+    pub first_user: u32,
+    pub users: u32,
+    pub connections_per_user: u32,
+    pub targets: usize,
+    pub pattern: Pattern,
+    pub hot_users: u32,
+    /// User ids, by local index.
+    pub names: Vec<Box<str>>,
+    /// Local users by home target (the target of their first connection).
+    by_home: Vec<Vec<u32>>,
+}
+
+impl Plan {
+    pub fn new(config: &LoadConfig) -> Plan {
+        let range = config.user_range();
+        let targets = config.urls.len();
+        let names = range.clone().map(|g| format!("{}{g}", config.user_prefix).into_boxed_str()).collect();
+        let mut by_home = vec![Vec::new(); targets];
+        for (local, g) in range.clone().enumerate() {
+            by_home[g as usize % targets].push(local as u32);
+        }
+        Plan {
+            first_user: range.start,
+            users: range.len() as u32,
+            connections_per_user: config.connections_per_user,
+            targets,
+            pattern: config.pattern,
+            hot_users: config.hot_users,
+            names,
+            by_home,
+        }
+    }
+
+    /// Connection slots: user `u`'s `j`-th connection is slot `u * connections_per_user + j`.
+    pub fn slots(&self) -> u32 {
+        self.users * self.connections_per_user
+    }
+
+    pub fn user_of(&self, slot: u32) -> u32 {
+        slot / self.connections_per_user
+    }
+
+    /// The target URL index of a slot: consecutive users and a user's connections rotate over
+    /// the targets, so a user's connections land on different nodes (non-sticky).
+    pub fn target_of(&self, slot: u32) -> usize {
+        let g = u64::from(self.first_user + self.user_of(slot));
+        let j = u64::from(slot % self.connections_per_user);
+        ((g + j) % self.targets as u64) as usize
+    }
+
+    fn home(&self, user: u32) -> usize {
+        (self.first_user + user) as usize % self.targets
+    }
+
+    /// A receiver for a message from local user `from`; never `from` itself.
+    pub fn pick(&self, from: u32, rng: &mut impl Rng) -> u32 {
+        let n = self.users;
+        let other = |rng: &mut dyn rand::RngCore| {
+            let v = rng.random_range(0..n - 1);
+            if v >= from {
+                v + 1
+            } else {
+                v
+            }
+        };
+        match self.pattern {
+            Pattern::Random => other(rng),
+            Pattern::Ring => (from + 1) % n,
+            Pattern::Hot => {
+                let hot = self.hot_users.min(n);
+                let v = rng.random_range(0..hot);
+                if v == from {
+                    // A hot user sends to the next hot one (or anyone, when only one is hot).
+                    if hot > 1 {
+                        (v + 1) % hot
+                    } else {
+                        other(rng)
+                    }
+                } else {
+                    v
+                }
+            }
+            Pattern::SelfNode => {
+                let list = &self.by_home[self.home(from)];
+                if list.len() < 2 {
+                    return other(rng);
+                }
+                loop {
+                    let v = list[rng.random_range(0..list.len())];
+                    if v != from {
+                        return v;
+                    }
+                }
+            }
+            Pattern::CrossNode => {
+                let home = self.home(from);
+                let others = self.targets - 1;
+                let mut h = rng.random_range(0..others);
+                if h >= home {
+                    h += 1;
+                }
+                let list = &self.by_home[h];
+                if list.is_empty() {
+                    return other(rng);
+                }
+                list[rng.random_range(0..list.len())]
+            }
+        }
+    }
+}
+
+/// Sequence written for a message sent while every connection of the receiver was offline:
+/// it is counted apart and kept out of the loss audit.
+pub const OFFLINE_SEQ: i64 = -1;
+
+/// Writes a `chat_message` frame into `out` (cleared first). The payload is a JSON array
+/// `[sender_slot, sequence, intended_ns, "padding"]`, so a receiver reads it with a scan, not a
+/// JSON tree, whatever key order the server writes.
+pub fn write_chat(out: &mut String, receiver: &str, sender_slot: u32, seq: i64, intended_ns: u64, padding: &str) {
+    out.clear();
+    // Infallible: writing to a String.
+    let _ = write!(
+        out,
+        "{{\"type\":\"chat_message\",\"receiverID\":\"{receiver}\",\"payload\":[{sender_slot},{seq},{intended_ns},\"{padding}\"]}}"
+    );
+}
+
+/// What a receiver needs from a delivered chat frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub sender_slot: u32,
+    pub seq: i64,
+    pub intended_ns: u64,
+}
+
+/// Finds our payload in a delivered envelope. None for frames that are not ours.
+pub fn read_stamp(frame: &str) -> Option<Stamp> {
+    const KEY: &str = "\"payload\":[";
+    let at = frame.find(KEY)? + KEY.len();
+    let mut it = frame[at..].split(',');
+    let sender_slot = it.next()?.trim().parse().ok()?;
+    let seq = it.next()?.trim().parse().ok()?;
+    let t = it.next()?;
+    let intended_ns = t.trim().trim_end_matches(']').parse().ok()?;
+    Some(Stamp { sender_slot, seq, intended_ns })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_round_trips_through_an_envelope() {
+        let mut s = String::new();
+        write_chat(&mut s, "load-3", 7, 42, 123456789, "xx");
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        let env = format!(r#"{{"type":"chat_message","payload":{},"receiverID":"load-3","senderId":"load-1","timestamp":"t"}}"#, v["payload"]);
+        assert_eq!(read_stamp(&env), Some(Stamp { sender_slot: 7, seq: 42, intended_ns: 123456789 }));
+        assert_eq!(read_stamp(r#"{"type":"ack","id":1}"#), None);
+    }
+
+    #[test]
+    fn cross_node_always_picks_another_home() {
+        let mut c = LoadConfig::new(vec!["ws://a:1/ws".into(), "ws://b:1/ws".into()]);
+        c.clients = 20;
+        c.pattern = Pattern::CrossNode;
+        let plan = Plan::new(&c);
+        let mut rng = rand::rng();
+        for from in 0..20 {
+            for _ in 0..50 {
+                let to = plan.pick(from, &mut rng);
+                assert_ne!(plan.home(to), plan.home(from));
+            }
+        }
+    }
+}
