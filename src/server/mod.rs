@@ -36,8 +36,9 @@ pub const SEND_QUEUE: usize = 1024;
 /// frames are answered `too_large` and closed with 1009.
 pub const MAX_FRAME: usize = 64 * 1024;
 /// tungstenite's read buffer. Its default, 128 KiB, is allocated eagerly: 135 KiB RSS per idle
-/// connection here. 2 KiB measured 4.9 KiB per idle connection with the fastest echo.
-pub const READ_BUFFER: usize = 2 * 1024;
+/// connection here. Chat frames are 100-300 bytes, so 1 KiB still takes several per read; a
+/// burst costs one more syscall per KiB, while 10k idle connections save 10 MB.
+pub const READ_BUFFER: usize = 1024;
 /// tungstenite's write buffer: frames are batched up to this before a syscall.
 pub const WRITE_BUFFER: usize = 4 * 1024;
 /// Hard cap on bytes buffered for writing to one connection (tungstenite's is unbounded):
