@@ -15,6 +15,10 @@ pub struct Cli {
     /// Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WSS_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no
+    /// cross-thread wake-ups: the cheapest per message when several processes share few cores.
+    #[arg(long, global = true, env = "WSCTL_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
     #[command(subcommand)]
     pub command: Command,
 }
