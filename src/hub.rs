@@ -43,8 +43,9 @@ impl SessionCtl {
     pub async fn closed(&self) {
         self.close.cancelled().await
     }
+    /// One atomic load (the token's own check takes a lock): this runs for every frame offered.
     pub fn is_closed(&self) -> bool {
-        self.close.is_cancelled()
+        self.code.load(Ordering::Acquire) != 0
     }
 }
 

@@ -48,6 +48,7 @@ pub const MAX_WRITE_BUFFER: usize = WRITE_BUFFER + SEND_QUEUE * 1024;
 pub const PING_INTERVAL: Duration = Duration::from_secs(25);
 /// A connection that sends nothing (no frame, no pong, no heartbeat) for this long is closed
 /// (1001). Two missed pings plus slack; clients heartbeat every 30 s per the original README.
+/// Checked at each ping (no timer per frame), so the close comes within one ping interval after.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// On SIGTERM, sessions get this long to flush their queues and close before the node exits.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -81,8 +81,9 @@ pub(crate) async fn run(socket: WebSocket, reg: Registration, rx: mpsc::Receiver
         debug!("connected");
         let node = reg.node.clone();
         let (sink, mut stream) = socket.split();
-        let writer = node.sessions.spawn(write_loop(sink, rx, ctl.clone(), node.limits.ping_interval).in_current_span());
-        let end = read_loop(&mut stream, &reg, &ctl).await;
+        let seen = Arc::new(Activity::new());
+        let writer = node.sessions.spawn(write_loop(sink, rx, ctl.clone(), seen.clone(), node.limits.clone()).in_current_span());
+        let end = read_loop(&mut stream, &reg, &ctl, &seen).await;
         ctl.close_with(end);
         let code = ctl.code().unwrap_or(end);
         if !matches!(code, PEER_GONE | close::NORMAL | close::DRAINING) {
@@ -100,21 +101,22 @@ pub(crate) async fn run(socket: WebSocket, reg: Registration, rx: mpsc::Receiver
 }
 
 /// Reads frames until the connection ends; returns the close code to send (or a PEER_* marker).
-async fn read_loop(stream: &mut SplitStream<WebSocket>, reg: &Registration, ctl: &SessionCtl) -> u16 {
-    let idle = reg.node.limits.idle_timeout;
+/// Every frame (pongs included) stamps `seen`; the writer closes connections that stay silent.
+async fn read_loop(stream: &mut SplitStream<WebSocket>, reg: &Registration, ctl: &SessionCtl, seen: &Activity) -> u16 {
+    // Pinned once: a fresh `closed()` future per frame would register with the token each time.
+    let closed = ctl.closed();
+    tokio::pin!(closed);
     loop {
         let next = tokio::select! {
-            _ = ctl.closed() => return ctl.code().unwrap_or(PEER_GONE),
-            next = tokio::time::timeout(idle, stream.next()) => next,
+            biased;
+            _ = &mut closed => return ctl.code().unwrap_or(PEER_GONE),
+            next = stream.next() => next,
         };
+        seen.stamp();
         let msg = match next {
-            Err(_) => {
-                debug!(?idle, "idle timeout");
-                return IDLE;
-            }
-            Ok(None) => return PEER_BROKE,
-            Ok(Some(Err(e))) => return read_error(e, reg),
-            Ok(Some(Ok(msg))) => msg,
+            None => return PEER_BROKE,
+            Some(Err(e)) => return read_error(e, reg),
+            Some(Ok(msg)) => msg,
         };
         match msg {
             Message::Text(t) => handle_frame(reg, t.as_bytes()),
@@ -125,6 +127,26 @@ async fn read_loop(stream: &mut SplitStream<WebSocket>, reg: &Registration, ctl:
                 return if matches!(code, close::NORMAL | close::GOING_AWAY) { PEER_GONE } else { PEER_BROKE };
             }
         }
+    }
+}
+
+/// When the peer last sent anything, in milliseconds since the session started. Written by the
+/// reader on every frame (a relaxed store), read by the writer at each ping: no timer per frame.
+struct Activity {
+    start: tokio::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity { start: tokio::time::Instant::now(), last_ms: Default::default() }
+    }
+    fn stamp(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
     }
 }
 
@@ -235,15 +257,26 @@ fn handle_frame(reg: &Registration, bytes: &[u8]) {
 
 /// Writes queued frames in batches and pings; on close, flushes the queue if draining and sends
 /// the close frame.
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Bytes>, ctl: Arc<SessionCtl>, ping_every: Duration) {
+/// Also the idle check: at each ping tick, a connection silent for longer than the idle timeout
+/// is closed (so it closes between `idle_timeout` and `idle_timeout + ping_interval`).
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Bytes>,
+    ctl: Arc<SessionCtl>,
+    seen: Arc<Activity>,
+    limits: super::Limits,
+) {
     // Grown by the first batch, not before: an idle connection should cost nothing here.
     let mut batch = Vec::new();
+    let ping_every = limits.ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let closed = ctl.closed();
+    tokio::pin!(closed);
     loop {
         tokio::select! {
             biased;
-            _ = ctl.closed() => break,
+            _ = &mut closed => break,
             n = rx.recv_many(&mut batch, WRITE_BATCH) => {
                 if n == 0 {
                     break;
@@ -254,6 +287,11 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Recei
                 }
             }
             _ = ping.tick() => {
+                if seen.silent_for() > limits.idle_timeout {
+                    debug!(idle = ?limits.idle_timeout, "idle timeout");
+                    ctl.close_with(IDLE);
+                    break;
+                }
                 if tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Bytes::new()))).await.map_or(true, |r| r.is_err()) {
                     ctl.close_with(PEER_BROKE);
                     return;
