@@ -533,37 +533,33 @@ impl RouteTable {
         if let Some(s) = &opts.server {
             self.refuse_if_alive(s).await?;
         }
+        // One SREM per entry, so the reply says exactly which entries this purge removed.
         let p = self.client.pipeline();
+        let mut pairs = Vec::new();
         for (user, servers, _) in &by_user {
-            let _: Result<(), _> = p.srem(user_servers_key(user), servers.clone()).await;
+            for server in servers {
+                let _: Result<(), _> = p.srem(user_servers_key(user), server.clone()).await;
+                pairs.push((user, server));
+            }
         }
         for (user, _, _) in &by_user {
             let _: Result<(), _> = p.exists(user_servers_key(user)).await;
         }
         let results: Vec<Result<i64, _>> = p.try_all().await;
-        let n = by_user.len();
         let mut removed = Vec::new();
-        for (i, (user, servers, _)) in by_user.into_iter().enumerate() {
-            let srem = results[i].as_ref().map_err(|e| AdminError::Redis { doing: "removing stale routes", source: e.clone() })?;
-            if *srem == 0 {
-                continue;
-            }
-            if matches!(results.get(n + i), Some(Ok(0))) {
-                report.sets_deleted += 1;
-            }
-            // SREM counts only; with several candidates in a set, which ones went is known only
-            // when all did (the usual case: one server per user). Otherwise ask the set.
-            let gone: Vec<String> = if *srem as usize == servers.len() {
-                servers
-            } else {
-                let still: HashSet<String> =
-                    self.client.smembers(user_servers_key(&user)).await.map_err(redis_err("reading a route set"))?;
-                servers.into_iter().filter(|s| !still.contains(s)).take(*srem as usize).collect()
-            };
-            for server in gone {
-                let r = RouteRef { user: user.clone(), server };
+        let mut touched: HashSet<&String> = HashSet::new();
+        for ((user, server), result) in pairs.iter().zip(&results) {
+            let n = result.as_ref().map_err(|e| AdminError::Redis { doing: "removing stale routes", source: e.clone() })?;
+            if *n == 1 {
+                touched.insert(*user);
+                let r = RouteRef { user: (*user).clone(), server: (*server).clone() };
                 record(report, r.clone());
                 removed.push(r);
+            }
+        }
+        for ((user, _, _), exists) in by_user.iter().zip(&results[pairs.len()..]) {
+            if touched.contains(user) && matches!(exists, Ok(0)) {
+                report.sets_deleted += 1;
             }
         }
         Ok(removed)
