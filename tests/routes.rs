@@ -8,7 +8,6 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use fred::prelude::{Client as Redis, Expiration, KeysInterface, SetsInterface, Value};
 use rand::Rng;
@@ -237,6 +236,9 @@ const CHURN_RATE: u32 = 2_000;
 /// Concurrent churners.
 const CHURNERS: usize = 6;
 
+/// A churn user: its client and the index of its node while connected.
+type Slot = tokio::sync::Mutex<Option<(Client, usize)>>;
+
 /// Clients connect and disconnect on two real nodes during the whole purge; afterwards every
 /// user still connected has its route entry and presence key, and every stale entry is gone.
 async fn purge_under_churn_loses_no_live_route(config: RedisConfig) {
@@ -251,8 +253,7 @@ async fn purge_under_churn_loses_no_live_route(config: RedisConfig) {
     seed(&admin_client, &entries).await;
 
     // Each user slot: None or (client, node index). Churners flip random slots.
-    let slots: Arc<Vec<tokio::sync::Mutex<Option<(Client, usize)>>>> =
-        Arc::new((0..CHURN_USERS).map(|_| tokio::sync::Mutex::new(None)).collect());
+    let slots: Arc<Vec<Slot>> = Arc::new((0..CHURN_USERS).map(|_| tokio::sync::Mutex::new(None)).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let flips = Arc::new(AtomicU64::new(0));
     let mut churners = Vec::new();
@@ -342,14 +343,25 @@ async fn raced_presence_key_is_restored(config: RedisConfig) {
     let entries: Vec<_> = users.iter().map(|u| (u.clone(), "slow-node".to_string(), false)).collect();
     seed(&admin_client, &entries).await;
     let table = RouteTable::connect(&config).await.unwrap();
-    let writer = admin_client.clone();
-    let late = users.clone();
-    // The "slow node" writes its presence keys while the purge runs, before its re-checks.
+    // The "slow node" writes its presence keys once purge has handled its first page, i.e.
+    // after purge judged (and removed) those entries but before their re-check is due.
+    let (first_page_tx, first_page) = tokio::sync::oneshot::channel();
+    let mut first_page_tx = Some(first_page_tx);
     let opts = PurgeOptions { walk: walk(2_000), dry_run: false, server: None };
-    let purge = tokio::spawn(async move { table.purge(&opts, &CancellationToken::new(), |_| {}).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let p = writer.pipeline();
-    for u in &late {
+    let purge = tokio::spawn(async move {
+        table
+            .purge(&opts, &CancellationToken::new(), move |p| {
+                if p.keys > 0 {
+                    if let Some(tx) = first_page_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            })
+            .await
+    });
+    first_page.await.expect("purge walks at least one page");
+    let p = admin_client.pipeline();
+    for u in &users {
         let _: Result<(), _> = p.set(user_online_key(u, "slow-node"), "1", Some(Expiration::EX(60)), None, false).await;
     }
     let _: Vec<Value> = p.all().await.unwrap();
@@ -357,9 +369,10 @@ async fn raced_presence_key_is_restored(config: RedisConfig) {
     // Every entry is back: either purge saw the key (kept) or removed it and restored it.
     let after = snapshot(&admin_client, &users).await;
     let missing: Vec<&String> = users.iter().filter(|u| !after.contains_key(*u)).collect();
-    assert!(missing.is_empty(), "entries lost although their presence key exists: {} (report {report:?})", missing.len());
-    assert!(report.restored > 0, "the scenario did not race: {report:?}");
-    assert_eq!(report.removed, 0, "restored entries are not counted as removed: {report:?}");
+    assert!(missing.is_empty(), "entries lost although their presence key exists: {} (restored {})", missing.len(), report.restored);
+    assert!(report.restored > 0, "the scenario did not race: removed {}", report.removed);
+    assert_eq!(report.removed, 0, "restored entries are not counted as removed (restored {})", report.restored);
+    assert!(report.routes.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
