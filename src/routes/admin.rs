@@ -7,7 +7,10 @@
 //! master of a Cluster, page by page. The next page is asked for only after the previous one is
 //! handled and the walk is back under its rate (keys returned per second), so a walk never loads
 //! Redis harder than `--rate` says. Each page costs three round trips: SMEMBERS of the route sets,
-//! TTL of their `user_online` keys, GET of the leases not seen before in this walk.
+//! TTL of their `user_online` keys, GET of the leases not seen before in this walk. SCAN returns
+//! every key that exists for the whole walk; a key may come twice, and on a Cluster a resharding
+//! during the walk may skip keys (fred's `scan_cluster` follows the slot map of the start), so
+//! counts are a snapshot and a purge interrupted by a resharding is simply run again.
 //!
 //! # Why purge never removes a live route
 //! A route `user_servers:<u> ∋ s` is stale when `user_online:<u>:<s>` is gone. A node writes the
@@ -209,7 +212,8 @@ pub struct PurgeReport {
     pub route_sets: u64,
     /// Entries removed (dry run: that would be removed), net of those put back.
     pub removed: u64,
-    /// Route sets deleted because their last entry was removed (dry run: would be).
+    /// Route sets deleted because their last entry was removed (dry run: would be), counted when
+    /// removed: a restored entry recreates its set without lowering this.
     pub sets_deleted: u64,
     /// Entries removed and then put back because their `user_online` key (or, for `--server`,
     /// the node's lease) appeared right after (see the module docs).
