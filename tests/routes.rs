@@ -230,8 +230,8 @@ async fn purge_is_exact_on_cluster() {
 /// connects and disconnects.
 const CHURN_USERS: usize = 150;
 /// Stale filler sets, so the rate-bounded purge runs for a couple of seconds.
-const CHURN_FILLER: usize = 4_000;
-/// Purge rate in the churn scenario: ~4.3k keys at this rate is about two seconds of walking.
+const CHURN_FILLER: usize = 2_500;
+/// Purge rate in the churn scenario: ~2.8k keys at this rate is about 1.5 s of walking.
 const CHURN_RATE: u32 = 2_000;
 /// Concurrent churners.
 const CHURNERS: usize = 6;
@@ -243,6 +243,7 @@ type Slot = tokio::sync::Mutex<Option<(Client, usize)>>;
 /// user still connected has its route entry and presence key, and every stale entry is gone.
 async fn purge_under_churn_loses_no_live_route(config: RedisConfig) {
     let admin_client = config.connect().await.unwrap();
+    let nodes_started = std::time::Instant::now();
     let nodes = Arc::new([
         TestNode::start("churn-a", Some(config.clone())).await,
         TestNode::start("churn-b", Some(config.clone())).await,
@@ -295,6 +296,10 @@ async fn purge_under_churn_loses_no_live_route(config: RedisConfig) {
     }
     assert!(!connected.is_empty());
     assert_routed(&admin_client, &connected).await;
+    // Past the nodes' first full refresh a wrongly purged route would have been re-added, and
+    // the check above would prove nothing: fail loudly rather than pass vacuously.
+    let took = nodes_started.elapsed();
+    assert!(took < wsctl::routes::PRESENCE_REFRESH, "the scenario took {took:?}, past the nodes' refresh: rerun on a less loaded machine");
     // Every seeded stale entry is gone, whatever the churn did.
     let users: Vec<String> = entries.iter().map(|e| e.0.clone()).collect();
     let left = snapshot(&admin_client, &users).await;
