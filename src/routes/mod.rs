@@ -1,6 +1,8 @@
 //! The Redis route table: key and channel names (exactly the original Go server's, spec Part A),
 //! their TTLs, the node lease (Part B), and the per-key operations both `serve` and `routes` use.
 
+pub mod admin;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
