@@ -57,6 +57,8 @@ pub enum CloudWatchError {
          instance role is available ({0})"
     )]
     Credentials(String),
+    #[error("no AWS region: pass one (--region / --cloudwatch-region) or set AWS_REGION")]
+    NoRegion,
     #[error("cannot reach CloudWatch at {endpoint}: {detail}")]
     Unreachable { endpoint: String, detail: String },
     #[error("no metrics found in namespace {namespace:?}{}: is a node publishing there (wsctl serve --cloudwatch), and is the region right?", server.as_ref().map(|s| format!(" for ServerID {s:?}")).unwrap_or_default())]
@@ -89,11 +91,22 @@ impl ClientOptions {
     }
 }
 
+/// Region used with a custom endpoint when none is configured: local emulators ignore it, but
+/// request signing needs one.
+pub const ENDPOINT_DEFAULT_REGION: &str = "us-east-1";
+
 /// A CloudWatch client built from `opts` and the AWS config chain.
-pub async fn client(opts: &ClientOptions) -> Client {
+pub async fn client(opts: &ClientOptions) -> Result<Client, CloudWatchError> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(r) = &opts.region {
         loader = loader.region(Region::new(r.clone()));
+    } else if opts.endpoint.is_some() {
+        // Environment only: the full chain would also ask the instance metadata service.
+        let chain = aws_config::meta::region::RegionProviderChain::first_try(
+            aws_config::environment::EnvironmentVariableRegionProvider::new(),
+        )
+        .or_else(ENDPOINT_DEFAULT_REGION);
+        loader = loader.region(chain);
     }
     if let Some(e) = &opts.endpoint {
         loader = loader.endpoint_url(e.clone());
@@ -101,7 +114,11 @@ pub async fn client(opts: &ClientOptions) -> Client {
     if let Some(c) = &opts.credentials {
         loader = loader.credentials_provider(c.clone());
     }
-    Client::new(&loader.load().await)
+    let config = loader.load().await;
+    if config.region().is_none() {
+        return Err(CloudWatchError::NoRegion);
+    }
+    Ok(Client::new(&config))
 }
 
 fn sdk_error<E, R>(call: &'static str, endpoint: &str, e: SdkError<E, R>) -> CloudWatchError
