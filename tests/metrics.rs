@@ -346,3 +346,125 @@ async fn tail_reads_cloudwatch_and_explains_failures() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("cannot reach CloudWatch at") && err.contains(&dead), "{err}");
 }
+
+/// The hot-path cost of the metrics, for scripts/bench-metrics-cost (ignored in normal runs; it
+/// prints figures and asserts only that every message arrived). Two embedded nodes in this
+/// process, one with live metrics and one with [`wsctl::Metrics::disabled`], driven by the same
+/// real WebSocket clients in alternating rounds; then the metric updates alone in a tight loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run through scripts/bench-metrics-cost (release build)"]
+async fn bench_metrics_cost() {
+    use std::sync::Arc;
+    use std::time::Instant;
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (pairs, msgs, rounds) = (env("BENCH_PAIRS", 16), env("BENCH_MSGS", 5_000), env("BENCH_ROUNDS", 5));
+
+    async fn start(id: &str, metrics: wsctl::Metrics) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let config = wsctl::ServerConfig { server_id: id.into(), redis: None, limits: test_limits(), advertise: None };
+        tokio::spawn(wsctl::server::serve_with_metrics(listener, config, metrics, stop.clone()));
+        eventually(Duration::from_secs(10), "bench node up", || async { http_get(addr, "/health").await.is_ok() }).await;
+        (addr, stop)
+    }
+
+    /// msgs/s for `pairs` sender->receiver pairs sending `msgs` each, at most WINDOW in flight per pair
+    /// (well under the send queue, so nobody is closed as a slow consumer).
+    async fn round(addr: std::net::SocketAddr, pairs: usize, msgs: usize) -> f64 {
+        const WINDOW: usize = 256;
+        let mut clients = Vec::new();
+        for p in 0..pairs {
+            let tx = Client::connect(&format!("ws://{addr}/ws?userId=s{p}")).await;
+            let rx = Client::connect(&format!("ws://{addr}/ws?userId=r{p}")).await;
+            clients.push((tx, rx));
+        }
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for (p, (mut tx, mut rx)) in clients.into_iter().enumerate() {
+            let credit = Arc::new(tokio::sync::Semaphore::new(WINDOW));
+            let c2 = credit.clone();
+            tasks.push(tokio::spawn(async move {
+                let frame = chat(&format!("r{p}"), json!("x".repeat(64))).to_string();
+                for _ in 0..msgs {
+                    c2.acquire().await.unwrap().forget();
+                    tx.send_raw(tokio_tungstenite::tungstenite::Message::text(frame.clone())).await;
+                }
+                tx
+            }));
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..msgs {
+                    rx.recv().await;
+                    credit.add_permits(1);
+                }
+                rx
+            }));
+        }
+        let mut done = Vec::new();
+        for t in tasks {
+            done.push(tokio::time::timeout(Duration::from_secs(120), t).await.expect("round finished").unwrap());
+        }
+        let rate = (pairs * msgs) as f64 / start.elapsed().as_secs_f64();
+        for c in done {
+            c.close().await;
+        }
+        rate
+    }
+
+    let on = wsctl::Metrics::new();
+    let (addr_on, stop_on) = start("bench-on", on.clone()).await;
+    let (addr_off, stop_off) = start("bench-off", wsctl::Metrics::disabled()).await;
+    round(addr_on, pairs, msgs / 10).await; // warm-up
+    round(addr_off, pairs, msgs / 10).await;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        // Alternate which goes first, so drift (thermal, neighbours) hits both alike.
+        if r % 2 == 0 {
+            with.push(round(addr_on, pairs, msgs).await);
+            without.push(round(addr_off, pairs, msgs).await);
+        } else {
+            without.push(round(addr_off, pairs, msgs).await);
+            with.push(round(addr_on, pairs, msgs).await);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (m_with, m_without) = (median(&mut with), median(&mut without));
+    assert_eq!(on.messages.get() as usize, pairs * (msgs / 10 + msgs * rounds), "every message counted");
+    stop_on.cancel();
+    stop_off.cancel();
+
+    // The per-message updates alone: one chat message on an embedded node does messages.inc(),
+    // messages_delivered.inc_by(1); a Redis-fed delivery also observes delivery_ms.
+    let m = wsctl::Metrics::new();
+    let n = 20_000_000u64;
+    let mut per_msg = Vec::new();
+    for threads in [1usize, 2] {
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                let m = m.clone();
+                s.spawn(move || {
+                    for i in 0..n / threads as u64 {
+                        m.messages.inc();
+                        m.messages_delivered.inc_by(1);
+                        m.delivery_ms.observe(std::hint::black_box((i % 50) as f64 * 0.1));
+                    }
+                });
+            }
+        });
+        per_msg.push(t0.elapsed().as_nanos() as f64 / n as f64 * threads as f64);
+    }
+    println!(
+        "BENCH pairs={pairs} msgs_per_pair={msgs} rounds={rounds}\n\
+         BENCH with_metrics_msgs_per_s_median={m_with:.0} all={with:.0?}\n\
+         BENCH without_metrics_msgs_per_s_median={m_without:.0} all={without:.0?}\n\
+         BENCH cost_percent={:.2}\n\
+         BENCH updates_ns_per_message_1thread={:.1} 2threads_contended={:.1}",
+        (m_without - m_with) / m_without * 100.0,
+        per_msg[0],
+        per_msg[1]
+    );
+}

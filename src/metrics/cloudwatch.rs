@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_cloudwatch::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_cloudwatch::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricDatum, MetricStat, StandardUnit};
 use aws_sdk_cloudwatch::Client;
@@ -121,12 +121,27 @@ pub async fn client(opts: &ClientOptions) -> Result<Client, CloudWatchError> {
     Ok(Client::new(&config))
 }
 
+/// An error and its sources as one line, "a: b: c" (the SDK's own Display says only "dispatch
+/// failure"; its `DisplayErrorContext` appends a Debug dump).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
 fn sdk_error<E, R>(call: &'static str, endpoint: &str, e: SdkError<E, R>) -> CloudWatchError
 where
     E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
-    let detail = DisplayErrorContext(&e).to_string();
+    let detail = error_chain(&e);
     if let Some(code) = e.code() {
         if matches!(code, "InvalidClientTokenId" | "UnrecognizedClientException" | "SignatureDoesNotMatch" | "ExpiredToken") {
             return CloudWatchError::Credentials(detail);
