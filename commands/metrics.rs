@@ -169,7 +169,11 @@ fn draw(out: &mut impl Write, snap: &TailSnapshot, json: bool, live: bool) -> an
         // Clear the screen and home the cursor: the table is redrawn in place.
         write!(out, "\x1b[H\x1b[2J")?;
     }
-    let window = humantime::format_duration(Duration::from_secs_f64(snap.window_s.round()));
+    let window = if snap.window_s > 0.0 {
+        humantime::format_duration(Duration::from_secs_f64(snap.window_s.round())).to_string()
+    } else {
+        "- (first scrape: totals only)".to_string()
+    };
     let bucket = snap.bucket.as_deref().map(|b| format!(", bucket {b}")).unwrap_or_default();
     writeln!(out, "{}  source {}  window {window}{bucket}", snap.at, snap.source)?;
     writeln!(out, "{}", table(snap, live))?;

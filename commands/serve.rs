@@ -140,7 +140,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     shutdown.cancel();
     // The final interval, pushed after the drain so it includes the drain's disconnects.
     if let Some(p) = publisher {
-        if let Ok(p) = p.await {
+        if let (Ok(p), true) = (p.await, served.is_ok()) {
             p.finish().await;
         }
     }

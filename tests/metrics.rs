@@ -347,6 +347,39 @@ async fn tail_reads_cloudwatch_and_explains_failures() {
     assert!(!out.status.success() && err.contains("cannot reach CloudWatch at") && err.contains(&dead), "{err}");
 }
 
+#[tokio::test]
+async fn serve_binary_publishes_and_pushes_on_drain() {
+    let moto = Moto::start();
+    let (ns, server) = (unique("wsctl-test/serve"), unique("serve-node"));
+    let (port, mport) = (free_port(), free_port());
+    let endpoint = moto.endpoint();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsctl"));
+    cmd.args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string(), "--server-id", &server])
+        .args(["--metrics-addr", &format!("127.0.0.1:{mport}"), "--cloudwatch", "--cloudwatch-interval", "1h"])
+        .args(["--cloudwatch-namespace", &ns, "--cloudwatch-endpoint", &endpoint, "--cloudwatch-region", moto::REGION])
+        .envs(MOTO_CREDS)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().expect("wsctl serve starts");
+    let maddr: std::net::SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
+    eventually(Duration::from_secs(10), "--metrics-addr answers", || async { http_get(maddr, "/metrics").await.is_ok_and(|(s, _)| s == 200) }).await;
+    let mut a = Client::connect(&format!("ws://127.0.0.1:{port}/ws?userId=a")).await;
+    let mut b = Client::connect(&format!("ws://127.0.0.1:{port}/ws?userId=b")).await;
+    chat_n(&mut a, &mut b, "b", 3).await;
+    let exp = prometheus::parse(&http_get(maddr, "/metrics").await.unwrap().1).unwrap();
+    assert_eq!(exp.counter("wss_messages"), Some(3.0));
+
+    // The interval is an hour: only the push made after the drain can carry these counts.
+    let status = tokio::process::Command::new("kill").args(["-TERM", &child.id().unwrap().to_string()]).status().await.unwrap();
+    assert!(status.success());
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.expect("serve exits").unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && log.contains("pushed the final interval"), "{log}");
+    let client = cloudwatch::client(&moto.options()).await.unwrap();
+    assert_eq!(read_back(&client, &ns, &server, names::MESSAGES, "Sum", None, 60).await.iter().sum::<f64>(), 3.0);
+}
+
 /// The hot-path cost of the metrics, for scripts/bench-metrics-cost (ignored in normal runs; it
 /// prints figures and asserts only that every message arrived). Two embedded nodes in this
 /// process, one with live metrics and one with [`wsctl::Metrics::disabled`], driven by the same

@@ -251,16 +251,20 @@ impl Publisher {
         Ok(PushReport { pushed: delta, datums: n })
     }
 
-    async fn push_logged(&mut self, timeout: Duration) {
+    async fn push_logged(&mut self, timeout: Duration) -> bool {
         let result = match tokio::time::timeout(timeout, self.push()).await {
             Ok(r) => r,
             Err(_) => Err(CloudWatchError::Timeout { call: "PutMetricData", after: timeout }),
         };
         match result {
-            Ok(r) => debug!(messages = r.pushed.messages, datums = r.datums, "pushed metrics to CloudWatch"),
+            Ok(r) => {
+                debug!(messages = r.pushed.messages, datums = r.datums, "pushed metrics to CloudWatch");
+                true
+            }
             Err(e) => {
                 self.metrics.cloudwatch_push_errors.inc();
                 warn!(error = %e, "CloudWatch push failed; its counts go out with the next push");
+                false
             }
         }
     }
@@ -287,7 +291,9 @@ impl Publisher {
 
     /// The final push (what is left since the last one), bounded by [`FINAL_PUSH_TIMEOUT`].
     pub async fn finish(mut self) {
-        self.push_logged(FINAL_PUSH_TIMEOUT).await;
+        if self.push_logged(FINAL_PUSH_TIMEOUT).await {
+            info!("pushed the final interval to CloudWatch");
+        }
     }
 }
 
