@@ -10,6 +10,8 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+use wsctl::metrics::cloudwatch::{self, ClientOptions, Publisher};
+use wsctl::metrics::{serve_metrics, Metrics};
 use wsctl::server::{self, Limits, ServerConfig};
 
 use crate::cli::RedisArgs;
@@ -18,7 +20,8 @@ use crate::util::{parse_duration, raise_fd_limit};
 #[derive(Debug, Args)]
 #[command(after_help = "Without --redis-uri/REDIS_URI the node runs alone with an in-process broker.\n\
 Examples:\n  wsctl serve\n  REDIS_URI=redis://127.0.0.1:6379 wsctl serve --server-id node-a\n  \
-wsctl serve --redis-uri redis-cluster://10.0.0.5:7000 --pubsub classic")]
+wsctl serve --redis-uri redis-cluster://10.0.0.5:7000 --pubsub classic\n  \
+wsctl serve --metrics-addr 127.0.0.1:9090 --cloudwatch --cloudwatch-region eu-west-1")]
 pub struct ServeArgs {
     /// Port to listen on.
     #[arg(short, long, env = "WSS_PORT", default_value_t = 8081)]
@@ -49,6 +52,27 @@ pub struct ServeArgs {
     /// On SIGTERM, how long connections get to flush and close.
     #[arg(long, env = "WSS_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Also serve GET /metrics (Prometheus text) on this address, e.g. 127.0.0.1:9090, to keep
+    /// scrapes off the client port. /metrics on the main port stays available.
+    #[arg(long, env = "WSS_METRICS_ADDR", help_heading = "Metrics")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Push metrics to CloudWatch (namespace, ServerID dimension, one push per interval).
+    /// Credentials and region come from the AWS config chain (AWS_* variables, profile, role).
+    #[arg(long, env = "WSS_CLOUDWATCH", help_heading = "Metrics")]
+    pub cloudwatch: bool,
+    /// CloudWatch namespace.
+    #[arg(long, env = "WSS_CLOUDWATCH_NAMESPACE", default_value = wsctl::metrics::cloudwatch::DEFAULT_NAMESPACE, help_heading = "Metrics")]
+    pub cloudwatch_namespace: String,
+    /// How often to push (each push carries that interval's counts; below 60s uses
+    /// high-resolution storage, which CloudWatch bills more for).
+    #[arg(long, env = "WSS_CLOUDWATCH_INTERVAL", default_value = "60s", value_parser = parse_duration, help_heading = "Metrics")]
+    pub cloudwatch_interval: Duration,
+    /// AWS region (default: from AWS_REGION / the profile).
+    #[arg(long, env = "WSS_CLOUDWATCH_REGION", help_heading = "Metrics")]
+    pub cloudwatch_region: Option<String>,
+    /// A CloudWatch-compatible endpoint URL instead of AWS's (e.g. http://127.0.0.1:5000 for moto_server).
+    #[arg(long, env = "WSS_CLOUDWATCH_ENDPOINT", help_heading = "Metrics")]
+    pub cloudwatch_endpoint: Option<String>,
 }
 
 impl ServeArgs {
@@ -65,6 +89,12 @@ impl ServeArgs {
                 self.idle_timeout,
                 self.ping_interval
             );
+        }
+        if self.cloudwatch && self.cloudwatch_interval < Duration::from_secs(1) {
+            anyhow::bail!("--cloudwatch-interval must be at least 1s (CloudWatch's finest resolution), got {:?}", self.cloudwatch_interval);
+        }
+        if self.cloudwatch && self.cloudwatch_namespace.trim().is_empty() {
+            anyhow::bail!("--cloudwatch-namespace must not be empty");
         }
         let server_id = self.server_id.clone().unwrap_or_else(|| format!("wsctl-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
         Ok(ServerConfig {
@@ -91,7 +121,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     info!(open_files = fds, "open-file limit (one per connection)");
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
-    server::serve(listener, config, shutdown).await.context("serve")?;
+    let metrics = Metrics::new();
+    if let Some(addr) = args.metrics_addr {
+        let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+        info!(address = %addr, "serving /metrics");
+        tokio::spawn(serve_metrics(l, metrics.clone(), shutdown.clone()));
+    }
+    // The publisher is its own task: a slow or failing CloudWatch never holds up the server.
+    let publisher = if args.cloudwatch {
+        let opts = ClientOptions { region: args.cloudwatch_region.clone(), endpoint: args.cloudwatch_endpoint.clone(), credentials: None };
+        let client = cloudwatch::client(&opts).await.context("--cloudwatch")?;
+        let p = Publisher::new(client, &opts, &args.cloudwatch_namespace, &config.server_id, metrics.clone(), args.cloudwatch_interval);
+        Some(tokio::spawn(p.run(shutdown.clone())))
+    } else {
+        None
+    };
+    let served = server::serve_with_metrics(listener, config, metrics, shutdown.clone()).await;
+    shutdown.cancel();
+    // The final interval, pushed after the drain so it includes the drain's disconnects.
+    if let Some(p) = publisher {
+        if let (Ok(p), true) = (p.await, served.is_ok()) {
+            p.finish().await;
+        }
+    }
+    served.context("serve")?;
     Ok(ExitCode::SUCCESS)
 }
 

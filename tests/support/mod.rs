@@ -4,6 +4,8 @@
 //! command to install it; it never skips.
 #![allow(dead_code)]
 
+pub mod moto;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
 use std::path::PathBuf;
