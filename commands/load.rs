@@ -347,6 +347,7 @@ fn summary(r: &Report) -> Table {
         ("connect time", pct(&r.connect_ms)),
         ("failed attempts / reconnects", format!("{} / {}", c.failed_attempts, c.reconnects)),
         ("unexpected closes", closes),
+        ("connect errors", if c.connect_errors.is_empty() { "none".to_string() } else { c.connect_errors.iter().map(|(k, v)| format!("{v} x {k}")).collect::<Vec<_>>().join("\n") }),
         ("our closes (1000)", format!("{} sent, {} answered by the server", c.closed_by_us, c.clean_closes)),
         ("messages", format!("{} sent, {} delivered in {:.1} s", m.sent, m.delivered, m.traffic_seconds)),
         ("throughput", format!("{:.0} sent/s, {:.0} delivered/s", m.sent_per_s, m.delivered_per_s)),

@@ -63,6 +63,7 @@ pub(crate) struct SlotOutcome {
     pub closed_by_us: bool,
     pub clean_close: bool,
     pub unexpected_closes: BTreeMap<String, u64>,
+    pub connect_errors: BTreeMap<String, u64>,
     pub server_errors: BTreeMap<String, u64>,
     pub server_error_samples: BTreeMap<String, String>,
     pub other_frames: u64,
@@ -159,7 +160,8 @@ pub(crate) async fn run_slot(sh: Arc<Shared>, slot: u32) -> SlotOutcome {
                     }
                 }
             }
-            Err(_) => {
+            Err(why) => {
+                *s.out.connect_errors.entry(why).or_default() += 1;
                 s.out.failed_attempts += 1;
                 sh.live.errors.fetch_add(1, Relaxed);
             }

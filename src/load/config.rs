@@ -220,7 +220,7 @@ impl LoadConfig {
             return Err(ConfigError::Invalid {
                 what: "pattern",
                 value: "cross-node".into(),
-                hint: "cross-node needs at least two --url (one per node)",
+                hint: "at least two --url for cross-node (one per node)",
             });
         }
         if self.user_prefix.is_empty() || self.user_prefix.contains(|c: char| c.is_whitespace() || matches!(c, '&' | '#' | '"' | '\\' | '?' | '/')) {

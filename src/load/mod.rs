@@ -347,6 +347,7 @@ fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, connected_
         connections.clean_closes += u64::from(o.clean_close);
         connections.closed_by_us += u64::from(o.closed_by_us);
         add(&mut connections.unexpected_closes, &o.unexpected_closes);
+        add(&mut connections.connect_errors, &o.connect_errors);
         messages.sent += o.sent;
         messages.delivered += o.delivered;
         messages.missed_sends += o.missed_sends;

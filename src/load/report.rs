@@ -69,6 +69,9 @@ pub struct ConnectionStats {
     pub reconnects: u64,
     /// Closes we did not ask for, by close code (`1012`, `4008`) or `error` / `eof`.
     pub unexpected_closes: BTreeMap<String, u64>,
+    /// Failed connection attempts by cause (`connect 127.0.0.1:8081: Connection refused ...`).
+    #[serde(default)]
+    pub connect_errors: BTreeMap<String, u64>,
     /// Connections we closed with 1000 at the end of the run.
     pub closed_by_us: u64,
     /// Of those, the ones whose server answered with its own close frame in time (RFC 6455
@@ -206,6 +209,7 @@ impl Report {
             c.clean_closes += rc.clean_closes;
             c.closed_by_us += rc.closed_by_us;
             add_map(&mut c.unexpected_closes, &rc.unexpected_closes);
+            add_map(&mut c.connect_errors, &rc.connect_errors);
             let m = &mut out.messages;
             let rm = &r.messages;
             m.sent += rm.sent;
