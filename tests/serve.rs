@@ -208,3 +208,21 @@ async fn drain_flushes_what_is_queued_then_closes_with_1012() {
     assert_eq!(alice.until_closed(RECV_TIMEOUT).await.1, Closed::Code(1012));
     node.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_close_is_echoed_and_counts_as_expected() {
+    let node = TestNode::start("solo", None).await;
+    let mut c = node.connect("alice").await;
+    c.ws.close(None).await.unwrap();
+    // tungstenite returns Close once the server's echo arrives; a reset would be an error.
+    let echo = tokio::time::timeout(RECV_TIMEOUT, futures_util::StreamExt::next(&mut c.ws)).await.unwrap();
+    assert!(matches!(echo, Some(Ok(Message::Close(_))) | None), "{echo:?}");
+    let m = node.metrics.clone();
+    eventually(RECV_TIMEOUT, "the connection is gone", || {
+        let m = m.clone();
+        async move { m.active_connections.get() == 0 }
+    })
+    .await;
+    assert_eq!(node.metrics.unexpected_disconnects.get(), 0);
+    node.stop().await;
+}

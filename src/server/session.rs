@@ -330,7 +330,11 @@ async fn write_loop(
             send_close(&mut sink, code, reason).await;
         }
         Some(IDLE) => send_close(&mut sink, close::GOING_AWAY, "idle timeout").await,
-        _ => {}
+        // The peer closed: tungstenite queued the echo of its close frame; flush it out so the
+        // closing handshake completes (RFC 6455 5.5.1).
+        _ => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+        }
     }
 }
 
