@@ -195,6 +195,23 @@ impl RedisBroker {
     }
 }
 
+/// The next batch of a worker's queue, at most `limit` items; once `stop` fires, everything still
+/// queued (the queue is closed first: the broker itself holds a sender, so it never closes by
+/// itself), then 0.
+async fn next_batch<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, limit: usize, stop: &CancellationToken) -> usize {
+    if stop.is_cancelled() {
+        rx.close();
+        return rx.recv_many(batch, usize::MAX).await;
+    }
+    tokio::select! {
+        n = rx.recv_many(batch, limit) => n,
+        _ = stop.cancelled() => {
+            rx.close();
+            rx.recv_many(batch, usize::MAX).await
+        }
+    }
+}
+
 /// Keeps the route table and the lease in step with the hub. It reconciles instead of replaying
 /// events: for each user it reads the hub *now* and writes add or remove, so a connect racing a
 /// disconnect of the same user can never leave the table wrong.
@@ -211,18 +228,7 @@ struct RouteWriter {
 impl RouteWriter {
     async fn run(mut self, mut rx: mpsc::Receiver<RouteOp>, stop: CancellationToken) {
         let mut batch = Vec::with_capacity(ROUTE_BATCH);
-        loop {
-            let n = tokio::select! {
-                n = rx.recv_many(&mut batch, ROUTE_BATCH) => n,
-                _ = stop.cancelled() => {
-                    // The broker holds a sender, so the queue never closes by itself.
-                    rx.close();
-                    rx.recv_many(&mut batch, ROUTE_QUEUE).await
-                }
-            };
-            if n == 0 {
-                break;
-            }
+        while next_batch(&mut rx, &mut batch, ROUTE_BATCH, &stop).await > 0 {
             let mut waiters = Vec::new();
             let mut users: HashSet<Arc<str>> = HashSet::new();
             let mut touched: HashSet<Arc<str>> = HashSet::new();
@@ -377,18 +383,7 @@ struct Publisher {
 impl Publisher {
     async fn run(self, mut rx: mpsc::Receiver<PublishReq>, stop: CancellationToken) {
         let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-        loop {
-            let n = tokio::select! {
-                n = rx.recv_many(&mut batch, PUBLISH_BATCH) => n,
-                _ = stop.cancelled() => {
-                    // Sessions are gone; route what they sent last, then stop.
-                    rx.close();
-                    rx.recv_many(&mut batch, PUBLISH_QUEUE).await
-                }
-            };
-            if n == 0 {
-                return;
-            }
+        while next_batch(&mut rx, &mut batch, PUBLISH_BATCH, &stop).await > 0 {
             let result = self.route(&batch).await;
             if let Err(e) = &result {
                 warn!(error = %e, messages = batch.len(), "routing a batch failed");
