@@ -49,10 +49,16 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l max-frame -d 'Larg
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l ping-interval -d 'Interval between server pings' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l idle-timeout -d 'Close a connection silent (no frame, pong or heartbeat) for this long (1001)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l drain-timeout -d 'On SIGTERM, how long connections get to flush and close' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l metrics-addr -d 'Also serve GET /metrics (Prometheus text) on this address, e.g. 127.0.0.1:9090, to keep scrapes off the client port. /metrics on the main port stays available' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch-namespace -d 'CloudWatch namespace' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch-interval -d 'How often to push (each push carries that interval\'s counts; below 60s uses high-resolution storage, which CloudWatch bills more for)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch-region -d 'AWS region (default: from AWS_REGION / the profile)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch-endpoint -d 'A CloudWatch-compatible endpoint URL instead of AWS\'s (e.g. http://127.0.0.1:5000 for moto_server)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l redis-cluster -d 'Treat the URL\'s host(s) as Redis Cluster seed nodes even with a plain redis:// scheme'
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch -d 'Push metrics to CloudWatch (namespace, ServerID dimension, one push per interval). Credentials and region come from the AWS config chain (AWS_* variables, profile, role)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l profile -d 'YAML profile (see profiles/); flags given here override its values' -r -F
@@ -94,16 +100,117 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcom
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from merge" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from help" -f -a "merge" -d 'Merge the JSON reports of several shards (--shard I/N) into one: histograms are added, so percentiles are those of all samples, not averages'
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c wsctl -n "__fish_wsctl_using_subcommand routes" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand routes" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand routes" -s h -l help -d 'Print help'
-complete -c wsctl -n "__fish_wsctl_using_subcommand routes" -s V -l version -d 'Print version'
-complete -c wsctl -n "__fish_wsctl_using_subcommand metrics" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -s h -l help -d 'Print help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -s V -l version -d 'Print version'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -f -a "servers" -d 'The nodes: from their server_alive leases and from the server ids in route sets, with live/dead, connections, address, version, age, and how many routes name them'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -f -a "show" -d 'Every route of one user, with its user_online TTL and whether its node is alive'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -f -a "list" -d 'Routes, as tables of 50 rows printed as they are read, or one JSON object per line (--json)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -f -a "stats" -d 'Totals: users routed, routes, stale routes, and per node'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -f -a "purge" -d 'Remove stale routes (entries whose user_online key is gone), or every route of a dead node (--server), without ever removing a live one; route sets left empty disappear'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l redis-uri -d 'Redis URL: redis://[user:pass@]host:port[/db], rediss:// for TLS, redis-cluster://host:port (or rediss-cluster://) for a Cluster (add ?node=host:port for more seeds)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l redis-username -d 'ACL user name (overrides the URL\'s)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l redis-password -d 'ACL password (overrides the URL\'s)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l pubsub -d 'Pub/sub on a Cluster: sharded (SPUBLISH/SSUBSCRIBE, Redis 7+) or classic (PUBLISH, copied to every shard; needed while Go nodes share the Cluster). Ignored on standalone' -r -f -a "sharded\t''
+classic\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l rate -d 'Keys walked per second at most ("5000" or "5000/s"), to spare a production Redis' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand metrics" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand metrics" -s h -l help -d 'Print help'
-complete -c wsctl -n "__fish_wsctl_using_subcommand metrics" -s V -l version -d 'Print version'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l redis-cluster -d 'Treat the URL\'s host(s) as Redis Cluster seed nodes even with a plain redis:// scheme'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l json -d 'Print JSON on stdout instead of tables'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -s h -l help -d 'Print help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -s V -l version -d 'Print version'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l redis-uri -d 'Redis URL: redis://[user:pass@]host:port[/db], rediss:// for TLS, redis-cluster://host:port (or rediss-cluster://) for a Cluster (add ?node=host:port for more seeds)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l redis-username -d 'ACL user name (overrides the URL\'s)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l redis-password -d 'ACL password (overrides the URL\'s)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l pubsub -d 'Pub/sub on a Cluster: sharded (SPUBLISH/SSUBSCRIBE, Redis 7+) or classic (PUBLISH, copied to every shard; needed while Go nodes share the Cluster). Ignored on standalone' -r -f -a "sharded\t''
+classic\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
+json\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l redis-cluster -d 'Treat the URL\'s host(s) as Redis Cluster seed nodes even with a plain redis:// scheme'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l json -d 'Print JSON on stdout instead of tables'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l redis-uri -d 'Redis URL: redis://[user:pass@]host:port[/db], rediss:// for TLS, redis-cluster://host:port (or rediss-cluster://) for a Cluster (add ?node=host:port for more seeds)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l redis-username -d 'ACL user name (overrides the URL\'s)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l redis-password -d 'ACL password (overrides the URL\'s)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l pubsub -d 'Pub/sub on a Cluster: sharded (SPUBLISH/SSUBSCRIBE, Redis 7+) or classic (PUBLISH, copied to every shard; needed while Go nodes share the Cluster). Ignored on standalone' -r -f -a "sharded\t''
+classic\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l rate -d 'Keys walked per second at most ("5000" or "5000/s"), to spare a production Redis' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l match -d 'Only users whose id matches this glob (Redis MATCH syntax: *, ?, [abc])' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l limit -d 'Stop after this many routes' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
+json\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l redis-cluster -d 'Treat the URL\'s host(s) as Redis Cluster seed nodes even with a plain redis:// scheme'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l json -d 'Print JSON on stdout instead of tables'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l stale-only -d 'Only stale routes (user_online key gone)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l redis-uri -d 'Redis URL: redis://[user:pass@]host:port[/db], rediss:// for TLS, redis-cluster://host:port (or rediss-cluster://) for a Cluster (add ?node=host:port for more seeds)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l redis-username -d 'ACL user name (overrides the URL\'s)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l redis-password -d 'ACL password (overrides the URL\'s)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l pubsub -d 'Pub/sub on a Cluster: sharded (SPUBLISH/SSUBSCRIBE, Redis 7+) or classic (PUBLISH, copied to every shard; needed while Go nodes share the Cluster). Ignored on standalone' -r -f -a "sharded\t''
+classic\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l rate -d 'Keys walked per second at most ("5000" or "5000/s"), to spare a production Redis' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
+json\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l redis-cluster -d 'Treat the URL\'s host(s) as Redis Cluster seed nodes even with a plain redis:// scheme'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l json -d 'Print JSON on stdout instead of tables'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -s h -l help -d 'Print help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -s V -l version -d 'Print version'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l redis-uri -d 'Redis URL: redis://[user:pass@]host:port[/db], rediss:// for TLS, redis-cluster://host:port (or rediss-cluster://) for a Cluster (add ?node=host:port for more seeds)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l redis-username -d 'ACL user name (overrides the URL\'s)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l redis-password -d 'ACL password (overrides the URL\'s)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l pubsub -d 'Pub/sub on a Cluster: sharded (SPUBLISH/SSUBSCRIBE, Redis 7+) or classic (PUBLISH, copied to every shard; needed while Go nodes share the Cluster). Ignored on standalone' -r -f -a "sharded\t''
+classic\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l rate -d 'Keys walked per second at most ("5000" or "5000/s"), to spare a production Redis' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l server -d 'Remove every route of this node, stale or not. Refused while its lease (server_alive:<ID>) exists, i.e. while the node is alive' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
+json\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l redis-cluster -d 'Treat the URL\'s host(s) as Redis Cluster seed nodes even with a plain redis:// scheme'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l json -d 'Print JSON on stdout instead of tables'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l dry-run -d 'Report what would be removed; change nothing'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -s y -l yes -d 'Do not ask for confirmation (required when stdin is not a terminal)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -s h -l help -d 'Print help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -s V -l version -d 'Print version'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from help" -f -a "servers" -d 'The nodes: from their server_alive leases and from the server ids in route sets, with live/dead, connections, address, version, age, and how many routes name them'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from help" -f -a "show" -d 'Every route of one user, with its user_online TTL and whether its node is alive'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from help" -f -a "list" -d 'Routes, as tables of 50 rows printed as they are read, or one JSON object per line (--json)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from help" -f -a "stats" -d 'Totals: users routed, routes, stale routes, and per node'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from help" -f -a "purge" -d 'Remove stale routes (entries whose user_online key is gone), or every route of a dead node (--server), without ever removing a live one; route sets left empty disappear'
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and not __fish_seen_subcommand_from tail help" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
+json\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and not __fish_seen_subcommand_from tail help" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and not __fish_seen_subcommand_from tail help" -s h -l help -d 'Print help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and not __fish_seen_subcommand_from tail help" -s V -l version -d 'Print version'
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and not __fish_seen_subcommand_from tail help" -f -a "tail" -d 'Watch the fleet live: one row per server and a fleet total, refreshed every period'
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and not __fish_seen_subcommand_from tail help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l prometheus -d 'Scrape this node\'s Prometheus endpoint instead of reading CloudWatch (repeatable). No AWS needed' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l since -d 'How far back to read CloudWatch (the sparkline covers the most recent 16 periods of it)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l period -d 'Refresh period; for CloudWatch also the aggregation period (1s, 5s, 10s, 30s or a multiple of 60s). Default: 60s for CloudWatch, 5s with --prometheus' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l server -d 'Only this ServerID (default: every server found in the namespace)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l namespace -d 'CloudWatch namespace the nodes publish to' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l region -d 'AWS region (default: from AWS_REGION / the profile; us-east-1 with --endpoint)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l endpoint -d 'A CloudWatch-compatible endpoint URL (e.g. moto_server) instead of AWS\'s' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l count -d 'Stop after this many snapshots (default: until Ctrl-C)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
+json\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l once -d 'Print one snapshot and exit (with --prometheus: two scrapes one period apart, for rates)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l json -d 'One JSON object per snapshot, one per line'
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -s h -l help -d 'Print help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -s V -l version -d 'Print version'
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from help" -f -a "tail" -d 'Watch the fleet live: one row per server and a fleet total, refreshed every period'
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand completions" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand completions" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
@@ -116,3 +223,9 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_su
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from load" -f -a "merge" -d 'Merge the JSON reports of several shards (--shard I/N) into one: histograms are added, so percentiles are those of all samples, not averages'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from routes" -f -a "servers" -d 'The nodes: from their server_alive leases and from the server ids in route sets, with live/dead, connections, address, version, age, and how many routes name them'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from routes" -f -a "show" -d 'Every route of one user, with its user_online TTL and whether its node is alive'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from routes" -f -a "list" -d 'Routes, as tables of 50 rows printed as they are read, or one JSON object per line (--json)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from routes" -f -a "stats" -d 'Totals: users routed, routes, stale routes, and per node'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from routes" -f -a "purge" -d 'Remove stale routes (entries whose user_online key is gone), or every route of a dead node (--server), without ever removing a live one; route sets left empty disappear'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from metrics" -f -a "tail" -d 'Watch the fleet live: one row per server and a fleet total, refreshed every period'
