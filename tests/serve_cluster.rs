@@ -33,9 +33,9 @@ async fn cross_node_on_cluster(pubsub: PubsubMode) {
         let to = &users[(i + 1) % users.len()];
         clients[i].send(json!({"type":"chat_message","receiverID":to,"payload":i,"id":i})).await;
     }
-    for i in 0..users.len() {
+    for (i, client) in clients.iter_mut().enumerate() {
         let from = (i + users.len() - 1) % users.len();
-        let got = clients[i].recv_chat().await;
+        let got = client.recv_chat().await;
         assert_eq!(got["senderId"], users[from]);
         assert_eq!(got["payload"], from);
     }
