@@ -19,7 +19,6 @@ pub mod config;
 pub mod report;
 pub mod schedule;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -335,19 +334,14 @@ fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, connected_
     };
     let mut messages = MessageStats { traffic_seconds, ..MessageStats::default() };
     let mut sent_to_offline = 0;
-    let add = |into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>| {
-        for (k, v) in from {
-            *into.entry(k.clone()).or_default() += v;
-        }
-    };
     for o in &outcomes {
         connections.failed_attempts += o.failed_attempts;
         connections.never_connected += u64::from(!o.ever_connected);
         connections.reconnects += o.reconnects;
         connections.clean_closes += u64::from(o.clean_close);
         connections.closed_by_us += u64::from(o.closed_by_us);
-        add(&mut connections.unexpected_closes, &o.unexpected_closes);
-        add(&mut connections.connect_errors, &o.connect_errors);
+        report::add_map(&mut connections.unexpected_closes, &o.unexpected_closes);
+        report::add_map(&mut connections.connect_errors, &o.connect_errors);
         messages.sent += o.sent;
         messages.delivered += o.delivered;
         messages.missed_sends += o.missed_sends;
@@ -355,10 +349,8 @@ fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, connected_
         messages.heartbeats += o.heartbeats;
         messages.latency_reports += o.latency_reports;
         messages.other_frames += o.other_frames;
-        add(&mut messages.server_errors, &o.server_errors);
-        for (k, v) in &o.server_error_samples {
-            messages.server_error_samples.entry(k.clone()).or_insert_with(|| v.clone());
-        }
+        report::add_map(&mut messages.server_errors, &o.server_errors);
+        report::add_samples(&mut messages.server_error_samples, &o.server_error_samples);
         sent_to_offline += o.sent_to_offline;
     }
     // Slots whose task never reported (abandoned at the finish timeout) never connected as far

@@ -223,9 +223,7 @@ impl Report {
             m.latency_reports += rm.latency_reports;
             m.other_frames += rm.other_frames;
             add_map(&mut m.server_errors, &rm.server_errors);
-            for (k, v) in &rm.server_error_samples {
-                m.server_error_samples.entry(k.clone()).or_insert_with(|| v.clone());
-            }
+            add_samples(&mut m.server_error_samples, &rm.server_error_samples);
             let a = &mut out.audit;
             let ra = &r.audit;
             a.expected += ra.expected;
@@ -279,9 +277,17 @@ impl Report {
     }
 }
 
-fn add_map(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+/// Adds per-key counts (close codes, error codes) into `into`.
+pub(super) fn add_map(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
     for (k, v) in from {
         *into.entry(k.clone()).or_default() += v;
+    }
+}
+
+/// Keeps the first sample message seen for each error code.
+pub(super) fn add_samples(into: &mut BTreeMap<String, String>, from: &BTreeMap<String, String>) {
+    for (k, v) in from {
+        into.entry(k.clone()).or_insert_with(|| v.clone());
     }
 }
 
