@@ -54,6 +54,12 @@ impl Registration {
         }
     }
 
+    /// Answers a bad or failed frame with an `error` frame, and counts it.
+    fn reject(&self, id: Option<&serde_json::value::RawValue>, err: &FrameError) {
+        self.node.metrics.bad_frames.inc();
+        self.outbox.offer(protocol::encode_error(id, err), &self.node.metrics);
+    }
+
     /// Removes the connection; the user's last connection here removes its route.
     async fn release(mut self) {
         self.released = true;
@@ -188,8 +194,7 @@ fn read_error(e: axum::Error, reg: &Registration) -> u16 {
             return PEER_BROKE;
         }
     };
-    reg.node.metrics.bad_frames.inc();
-    reg.outbox.offer(protocol::encode_error(None, &err), &reg.node.metrics);
+    reg.reject(None, &err);
     code
 }
 
@@ -199,10 +204,7 @@ fn handle_frame(reg: &Registration, bytes: &[u8]) {
     let reply = |frame: Bytes| {
         reg.outbox.offer(frame, &node.metrics);
     };
-    let fail = |id, err: FrameError| {
-        node.metrics.bad_frames.inc();
-        reply(protocol::encode_error(id, &err));
-    };
+    let fail = |id, err: FrameError| reg.reject(id, &err);
     let frame = match protocol::parse_client_frame(bytes) {
         Ok(f) => f,
         Err(err) => return fail(None, err),
