@@ -40,6 +40,14 @@ pub struct ServeArgs {
     /// Frames queued per connection before it is closed as a slow consumer (4008).
     #[arg(long, env = "WSS_SEND_QUEUE", default_value_t = server::SEND_QUEUE, value_parser = clap::value_parser!(usize))]
     pub send_queue: usize,
+    /// Bytes queued per connection before it is closed as a slow consumer (4008).
+    #[arg(long, env = "WSS_SEND_QUEUE_BYTES", default_value_t = server::SEND_QUEUE_BYTES)]
+    pub send_queue_bytes: usize,
+    /// Go nodes (which write no `server_alive` lease) share this Redis: do not treat a route to a
+    /// node without a lease as dead. Leave off otherwise: with it, a crashed node's users stay
+    /// "online" until their presence keys expire (60 s).
+    #[arg(long, env = "WSS_MIXED_FLEET")]
+    pub mixed_fleet: bool,
     /// Largest frame a client may send, bytes (larger: error `too_large`, close 1009).
     #[arg(long, env = "WSS_MAX_FRAME", default_value_t = server::MAX_FRAME)]
     pub max_frame: usize,
@@ -77,40 +85,45 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     fn config(&self) -> anyhow::Result<ServerConfig> {
-        if self.send_queue == 0 {
-            anyhow::bail!("--send-queue must be at least 1, got 0");
-        }
-        if self.max_frame < 128 {
-            anyhow::bail!("--max-frame must be at least 128 bytes, got {}", self.max_frame);
-        }
-        if self.idle_timeout <= self.ping_interval {
-            anyhow::bail!(
-                "--idle-timeout ({:?}) must be longer than --ping-interval ({:?}), or healthy clients get closed",
-                self.idle_timeout,
-                self.ping_interval
-            );
-        }
         if self.cloudwatch && self.cloudwatch_interval < Duration::from_secs(1) {
             anyhow::bail!("--cloudwatch-interval must be at least 1s (CloudWatch's finest resolution), got {:?}", self.cloudwatch_interval);
         }
         if self.cloudwatch && self.cloudwatch_namespace.trim().is_empty() {
             anyhow::bail!("--cloudwatch-namespace must not be empty");
         }
+        let limits = Limits {
+            send_queue: self.send_queue,
+            send_queue_bytes: self.send_queue_bytes,
+            max_frame: self.max_frame,
+            ping_interval: self.ping_interval,
+            idle_timeout: self.idle_timeout,
+            drain_timeout: self.drain_timeout,
+            ..Limits::default()
+        };
+        limits.validate().map_err(|e| anyhow::anyhow!("{}", flag_names(&e.to_string())))?;
         let server_id = self.server_id.clone().unwrap_or_else(|| format!("wsctl-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
         Ok(ServerConfig {
             server_id,
             redis: self.redis.config(),
-            limits: Limits {
-                send_queue: self.send_queue,
-                max_frame: self.max_frame,
-                ping_interval: self.ping_interval,
-                idle_timeout: self.idle_timeout,
-                drain_timeout: self.drain_timeout,
-                ..Limits::default()
-            },
+            limits,
             advertise: self.advertise.clone(),
+            require_lease: !self.mixed_fleet,
         })
     }
+}
+
+/// The library names limits in words; the command line user knows them as flags.
+fn flag_names(msg: &str) -> String {
+    [
+        ("send queue bytes", "--send-queue-bytes"),
+        ("send queue", "--send-queue"),
+        ("max frame", "--max-frame"),
+        ("idle timeout", "--idle-timeout"),
+        ("ping interval", "--ping-interval"),
+        ("drain timeout", "--drain-timeout"),
+    ]
+    .iter()
+    .fold(msg.to_string(), |m, (words, flag)| m.replacen(words, flag, 1))
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {

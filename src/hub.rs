@@ -4,10 +4,9 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -15,29 +14,110 @@ use uuid::Uuid;
 use crate::metrics::Metrics;
 use crate::protocol::close;
 
+
 /// Lock shards of the user map: enough that sessions on 2-16 cores rarely contend.
 const HUB_SHARDS: usize = 64;
 
-/// How a session is told to close, and with which code. The first reason wins.
+/// Why a session ends. Stored in [`SessionCtl`] as one byte; the first reason wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed with 1000/1001: an expected disconnect.
+    PeerGone = 1,
+    /// The peer closed with another code, or the connection broke.
+    PeerBroke,
+    /// Nothing arrived from the peer for the idle timeout (we send 1001).
+    Idle,
+    /// The node is draining (1012).
+    Draining,
+    /// The send queue overflowed, in frames or bytes (4008).
+    SlowConsumer,
+    /// A frame over the size limit (1009).
+    TooLarge,
+    /// A text frame that is not UTF-8 (1007).
+    InvalidPayload,
+    /// Policy: the token expired, or similar (1008).
+    Policy,
+    /// The client stayed over its message rate (4029).
+    RateLimited,
+    /// The server failed (1011).
+    Internal,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 10] = [
+        CloseReason::PeerGone,
+        CloseReason::PeerBroke,
+        CloseReason::Idle,
+        CloseReason::Draining,
+        CloseReason::SlowConsumer,
+        CloseReason::TooLarge,
+        CloseReason::InvalidPayload,
+        CloseReason::Policy,
+        CloseReason::RateLimited,
+        CloseReason::Internal,
+    ];
+
+    fn from_u8(v: u8) -> Option<CloseReason> {
+        Self::ALL.into_iter().find(|r| *r as u8 == v)
+    }
+
+    /// The close frame we send, or None when the peer already closed or the socket broke.
+    pub fn close_frame(self) -> Option<(u16, &'static str)> {
+        Some(match self {
+            CloseReason::PeerGone | CloseReason::PeerBroke => return None,
+            CloseReason::Idle => (close::GOING_AWAY, "idle timeout"),
+            CloseReason::Draining => (close::DRAINING, "node draining, reconnect"),
+            CloseReason::SlowConsumer => (close::SLOW_CONSUMER, "slow consumer: send queue overflowed"),
+            CloseReason::TooLarge => (close::TOO_LARGE, "frame too large"),
+            CloseReason::InvalidPayload => (close::INVALID_PAYLOAD, "invalid UTF-8"),
+            CloseReason::Policy => (close::POLICY, "token expired"),
+            CloseReason::RateLimited => (close::RATE_LIMITED, "rate limited"),
+            CloseReason::Internal => (close::INTERNAL, "internal error"),
+        })
+    }
+
+    /// Whether the end counts as an unexpected disconnect (spec: not 1000/1001 from the client).
+    /// A drain is the node's own doing and is expected.
+    pub fn is_unexpected(self) -> bool {
+        !matches!(self, CloseReason::PeerGone | CloseReason::Draining)
+    }
+
+    /// Whether frames already queued are written before the close frame: on drain (nothing
+    /// queued is lost) and after a protocol error (its error frame explains the close).
+    pub fn flushes_queue(self) -> bool {
+        matches!(
+            self,
+            CloseReason::Draining
+                | CloseReason::TooLarge
+                | CloseReason::InvalidPayload
+                | CloseReason::Policy
+                | CloseReason::RateLimited
+                | CloseReason::Internal
+        )
+    }
+}
+
+/// How a session is told to close, and why. The first reason wins.
 #[derive(Debug, Default)]
 pub struct SessionCtl {
     close: CancellationToken,
-    code: AtomicU16,
+    reason: AtomicU8,
+    /// Bytes queued in the outbox and not yet taken by the writer.
+    queued_bytes: AtomicUsize,
 }
 
 impl SessionCtl {
-    /// Asks the session to close with `code`. Returns false if another reason came first.
-    pub fn close_with(&self, code: u16) -> bool {
-        let first = self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok();
+    /// Asks the session to close. Returns false if another reason came first.
+    pub fn close_with(&self, reason: CloseReason) -> bool {
+        let first = self.reason.compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire).is_ok();
         self.close.cancel();
         first
     }
-    /// The close code asked for, if any.
-    pub fn code(&self) -> Option<u16> {
-        match self.code.load(Ordering::Acquire) {
-            0 => None,
-            c => Some(c),
-        }
+    /// Why the session is closing, if it is.
+    pub fn reason(&self) -> Option<CloseReason> {
+        CloseReason::from_u8(self.reason.load(Ordering::Acquire))
     }
     /// Resolves once the session was asked to close.
     pub async fn closed(&self) {
@@ -45,15 +125,23 @@ impl SessionCtl {
     }
     /// One atomic load (the token's own check takes a lock): this runs for every frame offered.
     pub fn is_closed(&self) -> bool {
-        self.code.load(Ordering::Acquire) != 0
+        self.reason.load(Ordering::Acquire) != 0
+    }
+    /// The writer took `n` bytes off the queue.
+    pub fn dequeued(&self, n: usize) {
+        self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
-/// The sending side of one session: its bounded queue of ready-to-write text frames.
+pub use crate::protocol::Frame;
+
+/// The sending side of one session: its queue of ready-to-write text frames, bounded in frames
+/// and in bytes.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Frame>,
     ctl: Arc<SessionCtl>,
+    max_bytes: usize,
 }
 
 /// What happened to a frame offered to a session.
@@ -67,28 +155,41 @@ pub enum Offer {
 }
 
 impl Outbox {
-    /// A session's outbox and the receiving end its writer task drains.
-    pub fn new(capacity: usize) -> (Outbox, mpsc::Receiver<Bytes>, Arc<SessionCtl>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    /// A session's outbox (at most `frames` frames and `max_bytes` bytes queued) and the
+    /// receiving end its writer task drains.
+    pub fn new(frames: usize, max_bytes: usize) -> (Outbox, mpsc::Receiver<Frame>, Arc<SessionCtl>) {
+        let (tx, rx) = mpsc::channel(frames);
         let ctl = Arc::new(SessionCtl::default());
-        (Outbox { tx, ctl: ctl.clone() }, rx, ctl)
+        (Outbox { tx, ctl: ctl.clone(), max_bytes }, rx, ctl)
     }
 
-    /// Queues a frame without waiting. A full queue closes the session as a slow consumer.
-    pub fn offer(&self, frame: Bytes, metrics: &Metrics) -> Offer {
+    /// Queues a frame without waiting. A full queue (frames or bytes) closes the session as a
+    /// slow consumer.
+    pub fn offer(&self, frame: Frame, metrics: &Metrics) -> Offer {
         if self.ctl.is_closed() {
             return Offer::Closed;
+        }
+        let len = frame.len();
+        let before = self.ctl.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if before + len > self.max_bytes {
+            self.ctl.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            return self.overflow(metrics);
         }
         match self.tx.try_send(frame) {
             Ok(()) => Offer::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.ctl.close_with(close::SLOW_CONSUMER) {
-                    metrics.slow_consumer_closes.inc();
-                }
-                Offer::SlowConsumer
+                self.ctl.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                self.overflow(metrics)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
         }
+    }
+
+    fn overflow(&self, metrics: &Metrics) -> Offer {
+        if self.ctl.close_with(CloseReason::SlowConsumer) {
+            metrics.slow_consumer_closes.inc();
+        }
+        Offer::SlowConsumer
     }
 
     pub fn ctl(&self) -> &Arc<SessionCtl> {
@@ -156,7 +257,7 @@ impl Hub {
     }
 
     /// Queues `frame` to every session of `user` except `except`. Returns how many took it.
-    pub fn deliver(&self, user: &str, frame: &Bytes, except: Option<Uuid>) -> usize {
+    pub fn deliver(&self, user: &str, frame: &Frame, except: Option<Uuid>) -> usize {
         let shard = self.shard(user);
         let Some(sessions) = shard.get(user) else { return 0 };
         let mut queued = 0;
@@ -179,11 +280,11 @@ impl Hub {
         out
     }
 
-    /// Asks every session to close with `code` (drain: 1012).
-    pub fn close_all(&self, code: u16) {
+    /// Asks every session to close (drain: [`CloseReason::Draining`]).
+    pub fn close_all(&self, reason: CloseReason) {
         for shard in self.shards.iter() {
             for e in shard.lock().unwrap_or_else(|p| p.into_inner()).values().flatten() {
-                e.outbox.ctl.close_with(code);
+                e.outbox.ctl.close_with(reason);
             }
         }
     }
@@ -202,8 +303,8 @@ mod tests {
     fn first_and_last_are_counted_per_user() {
         let hub = Hub::new(Metrics::new());
         let u: Arc<str> = "u".into();
-        let (a, _ra, _) = Outbox::new(4);
-        let (b, _rb, _) = Outbox::new(4);
+        let (a, _ra, _) = Outbox::new(4, 1 << 20);
+        let (b, _rb, _) = Outbox::new(4, 1 << 20);
         let (ca, cb) = (Uuid::new_v4(), Uuid::new_v4());
         assert!(hub.add(&u, ca, a));
         assert!(!hub.add(&u, cb, b));
@@ -219,15 +320,15 @@ mod tests {
         let metrics = Metrics::new();
         let hub = Hub::new(metrics.clone());
         let u: Arc<str> = "u".into();
-        let (slow, _slow_rx, slow_ctl) = Outbox::new(1);
-        let (fast, mut fast_rx, fast_ctl) = Outbox::new(8);
+        let (slow, _slow_rx, slow_ctl) = Outbox::new(1, 1 << 20);
+        let (fast, mut fast_rx, fast_ctl) = Outbox::new(8, 1 << 20);
         hub.add(&u, Uuid::new_v4(), slow);
         hub.add(&u, Uuid::new_v4(), fast);
-        let f = Bytes::from_static(b"{}");
+        let f = Frame::from_static("{}");
         assert_eq!(hub.deliver("u", &f, None), 2);
         assert_eq!(hub.deliver("u", &f, None), 1);
-        assert_eq!(slow_ctl.code(), Some(close::SLOW_CONSUMER));
-        assert_eq!(fast_ctl.code(), None);
+        assert_eq!(slow_ctl.reason(), Some(CloseReason::SlowConsumer));
+        assert_eq!(fast_ctl.reason(), None);
         assert_eq!(metrics.slow_consumer_closes.get(), 1);
         assert!(fast_rx.try_recv().is_ok() && fast_rx.try_recv().is_ok());
     }

@@ -24,4 +24,4 @@ pub use broker::{Broker, MemoryBroker, RedisBroker};
 pub use hub::Hub;
 pub use metrics::Metrics;
 pub use redis::{PubsubMode, RedisConfig};
-pub use server::{serve, Limits, ServerConfig, ServerError};
+pub use server::{serve, Limits, LimitsError, ServerConfig, ServerError};

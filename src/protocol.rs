@@ -9,10 +9,12 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+/// A frame ready to write to a client: text known to be UTF-8, cheap to clone per receiver.
+pub type Frame = axum::extract::ws::Utf8Bytes;
 
 /// Frame types a client may send.
 pub const TYPE_CHAT: &str = "chat_message";
@@ -220,6 +222,11 @@ pub fn parse_timestamp(ts: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(ts).ok()
 }
 
+/// Turns bytes we wrote as JSON (from `str` pieces and raw JSON that parsed as `str`) into a frame.
+fn frame(out: Vec<u8>) -> Frame {
+    Frame::try_from(out).expect("JSON written from str pieces is UTF-8")
+}
+
 /// Writes `s` as a JSON string literal.
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
     // serde_json escapes exactly as JSON requires; writing into a Vec cannot fail.
@@ -228,7 +235,7 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 
 /// Builds the envelope delivered to receivers, exactly the original server's shape:
 /// `{"type":..,"payload":..,"receiverID":..,"senderId":..,"timestamp":..}`.
-pub fn encode_envelope(kind: &str, payload: Option<&RawValue>, receiver: &str, sender: &str, timestamp: &str) -> Bytes {
+pub fn encode_envelope(kind: &str, payload: Option<&RawValue>, receiver: &str, sender: &str, timestamp: &str) -> Frame {
     let payload = payload.map_or("null", RawValue::get);
     let mut out = Vec::with_capacity(80 + kind.len() + payload.len() + receiver.len() + sender.len() + timestamp.len());
     out.extend_from_slice(b"{\"type\":");
@@ -242,12 +249,12 @@ pub fn encode_envelope(kind: &str, payload: Option<&RawValue>, receiver: &str, s
     out.extend_from_slice(b",\"timestamp\":");
     push_json_str(&mut out, timestamp);
     out.push(b'}');
-    Bytes::from(out)
+    frame(out)
 }
 
 /// `{"type":"ack","id":..}` plus, for chat messages, `"online":bool` (whether any connection of
 /// the receiver was found, on any node).
-pub fn encode_ack(id: &RawValue, online: Option<bool>) -> Bytes {
+pub fn encode_ack(id: &RawValue, online: Option<bool>) -> Frame {
     let mut out = Vec::with_capacity(40 + id.get().len());
     out.extend_from_slice(b"{\"type\":\"ack\",\"id\":");
     out.extend_from_slice(id.get().as_bytes());
@@ -257,11 +264,11 @@ pub fn encode_ack(id: &RawValue, online: Option<bool>) -> Bytes {
         None => {}
     }
     out.push(b'}');
-    Bytes::from(out)
+    frame(out)
 }
 
 /// `{"type":"error","id":..,"code":..,"message":..}` (`id` only when the client gave one).
-pub fn encode_error(id: Option<&RawValue>, err: &FrameError) -> Bytes {
+pub fn encode_error(id: Option<&RawValue>, err: &FrameError) -> Frame {
     let mut out = Vec::with_capacity(64 + err.message.len());
     out.extend_from_slice(b"{\"type\":\"error\"");
     if let Some(id) = id {
@@ -273,7 +280,7 @@ pub fn encode_error(id: Option<&RawValue>, err: &FrameError) -> Bytes {
     out.extend_from_slice(b",\"message\":");
     push_json_str(&mut out, &err.message);
     out.push(b'}');
-    Bytes::from(out)
+    frame(out)
 }
 
 /// The fields a node needs from an envelope that arrived from the broker: whom it is for, and
@@ -354,12 +361,12 @@ mod tests {
     fn envelope_has_the_original_shape_and_escapes() {
         let payload = RawValue::from_string("\"hi \\\"x\\\"\"".into()).unwrap();
         let env = encode_envelope("chat_message", Some(&payload), "b\"ob", "al", "2026-01-02T03:04:05.000000001Z");
-        let v: serde_json::Value = serde_json::from_slice(&env).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&env).unwrap();
         assert_eq!(v["type"], "chat_message");
         assert_eq!(v["payload"], "hi \"x\"");
         assert_eq!(v["receiverID"], "b\"ob");
         assert_eq!(v["senderId"], "al");
-        let routed = parse_routed(&env).unwrap();
+        let routed = parse_routed(env.as_bytes()).unwrap();
         assert_eq!(routed.receiver, "b\"ob");
         assert!(parse_timestamp(&routed.timestamp.unwrap()).is_some());
     }
@@ -367,10 +374,10 @@ mod tests {
     #[test]
     fn ack_and_error_echo_the_raw_id() {
         let id = RawValue::from_string("{\"n\":1}".into()).unwrap();
-        let ack: serde_json::Value = serde_json::from_slice(&encode_ack(&id, Some(false))).unwrap();
+        let ack: serde_json::Value = serde_json::from_str(&encode_ack(&id, Some(false))).unwrap();
         assert_eq!(ack, serde_json::json!({"type":"ack","id":{"n":1},"online":false}));
         let err = encode_error(Some(&id), &FrameError::new(ErrorCode::UnknownType, "unknown type \"x\""));
-        let err: serde_json::Value = serde_json::from_slice(&err).unwrap();
+        let err: serde_json::Value = serde_json::from_str(&err).unwrap();
         assert_eq!(err["code"], "unknown_type");
         assert_eq!(err["id"]["n"], 1);
     }

@@ -396,7 +396,7 @@ async fn bench_metrics_cost() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let config = wsctl::ServerConfig { server_id: id.into(), redis: None, limits: test_limits(), advertise: None };
+        let config = wsctl::ServerConfig { limits: test_limits(), ..wsctl::ServerConfig::embedded(id) };
         tokio::spawn(wsctl::server::serve_with_metrics(listener, config, metrics, stop.clone()));
         eventually(Duration::from_secs(10), "bench node up", || async { http_get(addr, "/health").await.is_ok() }).await;
         (addr, stop)

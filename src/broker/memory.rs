@@ -1,9 +1,7 @@
 //! The in-process broker of a single node without Redis: every user is local, so there is no
-//! route table and nothing to carry; it only answers the sender.
+//! route table and nothing to carry; a publish reaches no other node.
 
-use crate::metrics::Metrics;
-
-use super::PublishReq;
+use super::{Publish, Routed, Ticket};
 
 /// The broker of a node that is the whole fleet.
 #[derive(Debug, Clone, Default)]
@@ -11,7 +9,7 @@ pub struct MemoryBroker;
 
 impl MemoryBroker {
     /// There are no other nodes: the message reached whatever the hub delivered to.
-    pub fn publish(&self, req: PublishReq, metrics: &Metrics) {
-        req.finish(Ok(false), metrics);
+    pub fn publish(&self, _msg: Publish) -> Ticket {
+        Ticket::ready(Ok(Routed { nodes: 0 }))
     }
 }

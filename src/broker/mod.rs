@@ -1,74 +1,104 @@
 //! Brokers carry envelopes between nodes and keep this node's routes in the route table:
 //! [`MemoryBroker`] for a single node with no Redis (the embedded default), [`RedisBroker`] for a
-//! fleet sharing Redis standalone or Cluster. Local receivers never go through a broker.
+//! fleet sharing Redis standalone or Cluster. Local receivers are served by the hub; the broker
+//! only reaches the receiver's other nodes.
+//!
+//! Data flows one way: [`Broker::publish`] returns a [`Ticket`] that resolves to where the message
+//! went ([`Routed`]) or why it could not go ([`PublishError`]); the session that sent it builds
+//! its own ack or error frame from that.
 
 mod memory;
 mod redis;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use serde_json::value::RawValue;
+use tokio::sync::oneshot;
 
-use crate::hub::Outbox;
-use crate::metrics::Metrics;
-use crate::protocol::{self, ErrorCode, FrameError};
+use crate::protocol::Frame;
 
 pub use memory::MemoryBroker;
 pub use redis::{BrokerError, NodeInfo, RedisBroker, PUBLISH_QUEUE, ROUTE_QUEUE};
 
-/// A chat envelope on its way to the receiver's other nodes.
+/// A chat envelope on its way to the receiver's connections on other nodes.
 #[derive(Debug)]
-pub struct PublishReq {
+pub struct Publish {
     /// Receiver user id.
     pub receiver: Arc<str>,
     /// The encoded envelope, published as is.
-    pub envelope: Bytes,
-    /// Connections of the receiver reached on this node already.
-    pub local: usize,
-    /// The client's `id`, if it asked for an ack.
-    pub id: Option<Box<RawValue>>,
-    /// The sender's session, for the ack or the error.
-    pub reply_to: Outbox,
+    pub envelope: Frame,
 }
 
-impl PublishReq {
-    /// Answers the sender once the fate of the message is known: an ack if asked for, and an
-    /// error frame (always) if other nodes could not be reached.
-    pub(crate) fn finish(self, remote: Result<bool, ()>, metrics: &Metrics) {
-        let frame = match remote {
-            Ok(remote_online) => {
-                let online = self.local > 0 || remote_online;
-                if !online {
-                    metrics.undeliverable.inc();
-                }
-                match &self.id {
-                    Some(id) => protocol::encode_ack(id, Some(online)),
-                    None => return,
-                }
-            }
-            Err(()) => {
-                let msg = format!(
-                    "delivered to {} connection(s) on this node; other nodes unreachable (Redis unavailable)",
-                    self.local
-                );
-                protocol::encode_error(self.id.as_deref(), &FrameError::new(ErrorCode::Unavailable, msg))
-            }
-        };
-        self.reply_to.offer(frame, metrics);
-    }
+/// Where a message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Routed {
+    /// Other nodes with a live route to the receiver that the message was published to.
+    pub nodes: u32,
 }
 
-/// Why a message could not be handed to the broker.
+/// Why a message could not be routed to other nodes. Local delivery already happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum EnqueueError {
-    /// The broker's bounded queue is full: the node is sending faster than Redis takes.
-    #[error("broker queue full")]
+pub enum PublishError {
+    /// The node's queue towards Redis is full: it is sending faster than Redis takes.
+    #[error("node overloaded")]
     Overloaded,
+    /// Redis did not answer in time, or is known to be down.
+    #[error("Redis unavailable")]
+    Unavailable,
     /// The broker has shut down.
     #[error("broker stopped")]
     Stopped,
+}
+
+/// The outcome of one publish, once known.
+pub type PublishResult = Result<Routed, PublishError>;
+
+/// A publish in flight: resolves once the broker knows where the message went. Dropping it does
+/// not cancel the publish.
+#[derive(Debug)]
+pub struct Ticket(TicketState);
+
+#[derive(Debug)]
+enum TicketState {
+    Ready(Option<PublishResult>),
+    Waiting(oneshot::Receiver<PublishResult>),
+}
+
+impl Ticket {
+    /// A ticket whose outcome is already known.
+    pub fn ready(result: PublishResult) -> Ticket {
+        Ticket(TicketState::Ready(Some(result)))
+    }
+
+    /// A ticket for the receiving end of `reply`; a dropped sender resolves as `Stopped`.
+    pub(crate) fn pending() -> (oneshot::Sender<PublishResult>, Ticket) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Ticket(TicketState::Waiting(rx)))
+    }
+}
+
+impl Future for Ticket {
+    type Output = PublishResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PublishResult> {
+        match &mut self.0 {
+            TicketState::Ready(r) => Poll::Ready(r.take().expect("ticket polled after completion")),
+            TicketState::Waiting(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(PublishError::Stopped))),
+        }
+    }
+}
+
+/// How a connection's route registration ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// The route table has it: other nodes can reach the connection.
+    Yes,
+    /// Redis did not confirm within the wait (or is known to be down): the connection is
+    /// accepted, and its route is written as soon as Redis answers.
+    Later,
 }
 
 /// The node's broker.
@@ -79,36 +109,34 @@ pub enum Broker {
 }
 
 impl Broker {
-    /// Makes the route table match the hub for `user` (after its first connection or its last
-    /// disconnect) and waits until Redis has it, so a client that sees its upgrade is routable.
-    pub async fn sync_user(&self, user: &Arc<str>) {
-        if let Broker::Redis(b) = self {
-            b.sync_user(user).await
+    /// Makes the route table match the hub for `user` (after a connect) and waits, bounded, until
+    /// Redis confirms it, so a client that sees its upgrade is routable.
+    pub async fn register(&self, user: &Arc<str>) -> Registered {
+        match self {
+            Broker::Memory(_) => Registered::Yes,
+            Broker::Redis(b) => b.register(user).await,
         }
     }
 
-    /// Like [`Broker::sync_user`] without waiting for Redis (on disconnect).
-    pub async fn sync_user_nowait(&self, user: &Arc<str>) {
+    /// After a disconnect: make the route table match the hub for `user`, without waiting.
+    pub fn unregister(&self, user: &Arc<str>) {
         if let Broker::Redis(b) = self {
-            b.sync_user_nowait(user).await
+            b.unregister(user)
         }
     }
 
-    /// A client heartbeat: refresh the user's `user_online` key soon (coalesced, best effort).
+    /// A client heartbeat: re-assert the user's route soon (coalesced, best effort).
     pub fn touch(&self, user: &Arc<str>) {
         if let Broker::Redis(b) = self {
             b.touch(user)
         }
     }
 
-    /// Sends to the receiver's connections on other nodes and answers the sender.
-    pub fn publish(&self, req: PublishReq, metrics: &Metrics) -> Result<(), (EnqueueError, PublishReq)> {
+    /// Sends to the receiver's connections on other nodes. Never waits: the ticket resolves later.
+    pub fn publish(&self, msg: Publish) -> Ticket {
         match self {
-            Broker::Memory(m) => {
-                m.publish(req, metrics);
-                Ok(())
-            }
-            Broker::Redis(b) => b.publish(req),
+            Broker::Memory(m) => m.publish(msg),
+            Broker::Redis(b) => b.publish(msg),
         }
     }
 
@@ -128,7 +156,16 @@ impl Broker {
         }
     }
 
-    /// Removes this node's routes and lease. Call after every session has ended.
+    /// Drain, step one: take this node out of the route table (routes and lease), then wait until
+    /// what other nodes published to it before that has arrived. Sessions stay open meanwhile, so
+    /// those messages are delivered. Bounded by `budget`, whatever Redis does.
+    pub async fn leave(&self, budget: std::time::Duration) {
+        if let Broker::Redis(b) = self {
+            b.leave(budget).await
+        }
+    }
+
+    /// Stops the broker's tasks and disconnects. Call after every session has ended. Bounded.
     pub async fn shutdown(&self) {
         if let Broker::Redis(b) = self {
             b.shutdown().await

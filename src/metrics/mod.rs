@@ -212,6 +212,14 @@ pub struct Metrics {
     pub broker_lagged: Counter,
     /// Bad client frames answered with an `error` frame.
     pub bad_frames: Counter,
+    /// Messages from Redis dropped because they were not a deliverable envelope (not UTF-8, too
+    /// large, no receiver).
+    pub broker_bad_envelopes: Counter,
+    /// New connections whose route Redis did not confirm within the wait (accepted anyway,
+    /// registered once Redis answered).
+    pub route_registrations_delayed: Counter,
+    /// Disconnects whose route removal found the writer's queue full (caught up by the refresh).
+    pub route_queue_full: Counter,
     /// CloudWatch PutMetricData calls that failed (their interval is carried to the next push).
     pub cloudwatch_push_errors: Counter,
     /// Client-reported latency (`latency_report`), milliseconds.
@@ -275,6 +283,9 @@ impl Metrics {
             redis_reconnects: counter(),
             broker_lagged: counter(),
             bad_frames: counter(),
+            broker_bad_envelopes: counter(),
+            route_registrations_delayed: counter(),
+            route_queue_full: counter(),
             cloudwatch_push_errors: Counter::default(),
             client_latency_ms: Histogram::new(&LATENCY_BUCKETS_MS, off),
             delivery_ms: Histogram::new(&LATENCY_BUCKETS_MS, off),
@@ -295,6 +306,13 @@ impl Metrics {
         registry.register("wss_redis_reconnects", "Redis reconnections", m.redis_reconnects.clone());
         registry.register("wss_broker_lagged_messages", "Broker messages dropped by a lagging subscriber", m.broker_lagged.clone());
         registry.register("wss_bad_frames", "Client frames answered with an error", m.bad_frames.clone());
+        registry.register("wss_broker_bad_envelopes", "Messages from Redis that were not a deliverable envelope", m.broker_bad_envelopes.clone());
+        registry.register(
+            "wss_route_registrations_delayed",
+            "Connections accepted before Redis confirmed their route",
+            m.route_registrations_delayed.clone(),
+        );
+        registry.register("wss_route_queue_full", "Route removals dropped on a full writer queue", m.route_queue_full.clone());
         registry.register(
             "wss_cloudwatch_push_errors",
             "Failed CloudWatch pushes (retried with the next interval)",

@@ -23,9 +23,8 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::broker::{Broker, BrokerError, MemoryBroker, RedisBroker};
-use crate::hub::{Hub, Outbox};
+use crate::hub::{CloseReason, Hub, Outbox};
 use crate::metrics::Metrics;
-use crate::protocol::close;
 use crate::redis::RedisConfig;
 
 /// Frames queued to one connection before it counts as a slow consumer and is closed with 4008.
@@ -41,26 +40,38 @@ pub const MAX_FRAME: usize = 64 * 1024;
 pub const READ_BUFFER: usize = 1024;
 /// tungstenite's write buffer: frames are batched up to this before a syscall.
 pub const WRITE_BUFFER: usize = 4 * 1024;
-/// Hard cap on bytes buffered for writing to one connection (tungstenite's is unbounded):
-/// a full send queue of max-size frames, so the cap only bites if the queue bound is bypassed.
-pub const MAX_WRITE_BUFFER: usize = WRITE_BUFFER + SEND_QUEUE * 1024;
+/// Bytes queued to one connection before it counts as a slow consumer (4008), whatever the frame
+/// count: without it, 1,024 frames of 64 KiB would hold 64 MiB for one client that does not read.
+/// 1 MiB is thousands of chat envelopes and sixteen frames of the maximum size.
+pub const SEND_QUEUE_BYTES: usize = 1024 * 1024;
+/// What an envelope adds around a client's frame at most: sender and receiver ids (256 bytes
+/// each), timestamp, offset and epoch, room name, keys. Outgoing frames can be this much larger
+/// than the largest incoming one; envelopes arriving from Redis beyond it are dropped.
+pub const ENVELOPE_OVERHEAD: usize = 4 * 1024;
+/// Chat publishes of one connection awaiting their outcome at most. Past it the connection's
+/// reader stops reading until one is answered: a flooding client is slowed by TCP, and no
+/// connection holds more than this share of the node's queue towards Redis.
+pub const PUBLISH_INFLIGHT: usize = 64;
 /// The server pings each connection this often.
 pub const PING_INTERVAL: Duration = Duration::from_secs(25);
 /// A connection that sends nothing (no frame, no pong, no heartbeat) for this long is closed
 /// (1001). Two missed pings plus slack; clients heartbeat every 30 s per the original README.
 /// Checked at each ping (no timer per frame), so the close comes within one ping interval after.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
-/// On SIGTERM, sessions get this long to flush their queues and close before the node exits.
+/// On SIGTERM, the whole drain (leaving the route table, flushing and closing every session)
+/// gets this long before the node exits, whatever Redis does.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Smallest frame limit accepted: an envelope must fit a chat message of some use.
+pub const MIN_FRAME: usize = 128;
 
 /// Per-connection limits, all documented above; tests shorten the timeouts.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub send_queue: usize,
+    pub send_queue_bytes: usize,
     pub max_frame: usize,
     pub read_buffer: usize,
     pub write_buffer: usize,
-    pub max_write_buffer: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
@@ -70,14 +81,71 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             send_queue: SEND_QUEUE,
+            send_queue_bytes: SEND_QUEUE_BYTES,
             max_frame: MAX_FRAME,
             read_buffer: READ_BUFFER,
             write_buffer: WRITE_BUFFER,
-            max_write_buffer: MAX_WRITE_BUFFER,
             ping_interval: PING_INTERVAL,
             idle_timeout: IDLE_TIMEOUT,
             drain_timeout: DRAIN_TIMEOUT,
         }
+    }
+}
+
+/// A limit that cannot work, with the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitsError {
+    #[error("send queue must hold at least 1 frame, got {0}")]
+    SendQueue(usize),
+    #[error("max frame must be at least {MIN_FRAME} bytes, got {0}")]
+    MaxFrame(usize),
+    #[error("send queue bytes ({bytes}) must hold one frame of the largest size ({frame} bytes)")]
+    SendQueueBytes { bytes: usize, frame: usize },
+    #[error("idle timeout ({idle:?}) must be longer than the ping interval ({ping:?}), or healthy clients get closed")]
+    IdleTimeout { idle: Duration, ping: Duration },
+    #[error("{what} must be non-zero")]
+    Zero { what: &'static str },
+}
+
+impl Limits {
+    /// The largest frame this node writes: a client's largest frame plus the envelope around it.
+    pub fn max_outgoing_frame(&self) -> usize {
+        self.max_frame + ENVELOPE_OVERHEAD
+    }
+
+    /// tungstenite's cap on one connection's write buffer (its own is unbounded). tungstenite
+    /// needs room for the buffer plus one whole frame; a smaller cap would fail every receiver of
+    /// a large message.
+    pub fn max_write_buffer(&self) -> usize {
+        self.write_buffer + self.max_outgoing_frame() + 64
+    }
+
+    /// Checks that the limits can work together.
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        if self.send_queue == 0 {
+            return Err(LimitsError::SendQueue(0));
+        }
+        if self.max_frame < MIN_FRAME {
+            return Err(LimitsError::MaxFrame(self.max_frame));
+        }
+        if self.send_queue_bytes < self.max_outgoing_frame() {
+            return Err(LimitsError::SendQueueBytes { bytes: self.send_queue_bytes, frame: self.max_outgoing_frame() });
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return Err(LimitsError::IdleTimeout { idle: self.idle_timeout, ping: self.ping_interval });
+        }
+        for (what, zero) in [
+            ("read buffer", self.read_buffer == 0),
+            ("write buffer", self.write_buffer == 0),
+            ("ping interval", self.ping_interval.is_zero()),
+            ("drain timeout", self.drain_timeout.is_zero()),
+        ] {
+            if zero {
+                return Err(LimitsError::Zero { what });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -91,12 +159,15 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// The address written into the node lease; defaults to the listener's.
     pub advertise: Option<String>,
+    /// Treat a route to a node without a `server_alive` lease as dead (the default). Off only
+    /// while Go nodes, which write no lease, share the Redis.
+    pub require_lease: bool,
 }
 
 impl ServerConfig {
     /// A single node with the in-process broker and default limits.
     pub fn embedded(server_id: impl Into<String>) -> Self {
-        ServerConfig { server_id: server_id.into(), redis: None, limits: Limits::default(), advertise: None }
+        ServerConfig { server_id: server_id.into(), redis: None, limits: Limits::default(), advertise: None, require_lease: true }
     }
 }
 
@@ -106,6 +177,8 @@ impl ServerConfig {
 pub enum ServerError {
     #[error("the server id must be non-empty and contain no ':' or whitespace, got {0:?}")]
     BadServerId(String),
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("listener: {0}")]
@@ -143,6 +216,7 @@ pub async fn serve_with_metrics(
     if id.is_empty() || id.contains(':') || id.chars().any(char::is_whitespace) {
         return Err(ServerError::BadServerId(id.clone()));
     }
+    config.limits.validate()?;
     let local: SocketAddr = listener.local_addr()?;
     let address = config.advertise.clone().unwrap_or_else(|| local.to_string());
     let hub = Arc::new(Hub::new(metrics.clone()));
@@ -150,7 +224,14 @@ pub async fn serve_with_metrics(
     let broker = match &config.redis {
         None => Broker::Memory(MemoryBroker),
         Some(redis) => {
-            let info = crate::broker::NodeInfo { server_id: server_id.clone(), address: address.clone(), hub: hub.clone(), metrics: metrics.clone() };
+            let info = crate::broker::NodeInfo {
+                server_id: server_id.clone(),
+                address: address.clone(),
+                hub: hub.clone(),
+                metrics: metrics.clone(),
+                require_lease: config.require_lease,
+                max_envelope: config.limits.max_outgoing_frame(),
+            };
             Broker::Redis(RedisBroker::start(redis.clone(), info).await?)
         }
     };
@@ -172,34 +253,45 @@ pub async fn serve_with_metrics(
         max_frame = l.max_frame,
         read_buffer = l.read_buffer,
         write_buffer = l.write_buffer,
+        max_write_buffer = l.max_write_buffer(),
         ping_interval = ?l.ping_interval,
         idle_timeout = ?l.idle_timeout,
         "wsctl serve listening on ws://{local}/ws?userId=<id>"
     );
 
     let app = router(node.clone());
-    // Close sessions as soon as the signal arrives, in parallel with axum's own shutdown.
-    let drain = {
-        let node = node.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            node.draining.store(true, Ordering::SeqCst);
-            info!(connections = node.hub.connections(), "draining: closing every connection with 1012");
-            node.hub.close_all(close::DRAINING);
-        })
-    };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
-    let _ = drain.await;
-    // A session that upgraded between the close_all sweep and the listener closing.
-    node.hub.close_all(close::DRAINING);
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let (served, deadline) = tokio::join!(server, drain(&node, &shutdown));
+    served?;
+    // A session that upgraded between the close sweep and the listener closing.
+    node.hub.close_all(CloseReason::Draining);
     node.sessions.close();
-    if tokio::time::timeout(node.limits.drain_timeout, node.sessions.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, node.sessions.wait()).await.is_err() {
         warn!(left = node.hub.connections(), "drain timeout: some connections did not close in time");
     }
     node.broker.shutdown().await;
     info!("drained");
     Ok(())
+}
+
+/// The drain, once `shutdown` fires, in the order that loses nothing acked:
+/// 1. the node is unready and refuses new connections;
+/// 2. it leaves the route table (routes and lease), so senders see its users offline or reach
+///    their new connections, and waits until what was routed here before has arrived (its
+///    sessions are still open, so that is delivered);
+/// 3. every session flushes its queue and closes with 1012.
+///
+/// Returns the deadline by which sessions must be gone ([`Limits::drain_timeout`] after the
+/// signal).
+async fn drain(node: &Node, shutdown: &CancellationToken) -> tokio::time::Instant {
+    shutdown.cancelled().await;
+    let deadline = tokio::time::Instant::now() + node.limits.drain_timeout;
+    node.draining.store(true, Ordering::SeqCst);
+    info!(connections = node.hub.connections(), "draining: leaving the route table");
+    node.broker.leave(node.limits.drain_timeout / 2).await;
+    info!(connections = node.hub.connections(), "draining: closing every connection with 1012");
+    node.hub.close_all(CloseReason::Draining);
+    deadline
 }
 
 fn router(node: Arc<Node>) -> Router {
@@ -243,15 +335,17 @@ async fn ws_handler(
     }
     let user: Arc<str> = Arc::from(user.as_str());
     let conn = Uuid::new_v4();
-    let (outbox, rx, ctl) = Outbox::new(node.limits.send_queue);
-    // Registered before the 101 goes out: a client that sees its upgrade is already routable.
+    let (outbox, rx, ctl) = Outbox::new(node.limits.send_queue, node.limits.send_queue_bytes);
+    // Registered before the 101 goes out: a client that sees its upgrade is already routable
+    // (unless Redis did not answer within the broker's bound; it is then registered when Redis
+    // answers, see `broker::Registered::Later`).
     let reg = session::Registration::new(node.clone(), user, conn, outbox);
-    reg.register().await;
+    let _ = reg.register().await;
     let token = node.sessions.token();
     let l = &node.limits;
     ws.read_buffer_size(l.read_buffer)
         .write_buffer_size(l.write_buffer)
-        .max_write_buffer_size(l.max_write_buffer)
+        .max_write_buffer_size(l.max_write_buffer())
         .max_message_size(l.max_frame)
         .max_frame_size(l.max_frame)
         .on_upgrade(move |socket| async move {

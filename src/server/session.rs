@@ -2,20 +2,23 @@
 //! drains the bounded send queue in batches (one flush per batch, not per frame), and the
 //! registration that keeps the user routed while any of its connections is open.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tracing::{debug, debug_span, Instrument};
 use uuid::Uuid;
 
-use super::Node;
-use crate::broker::{EnqueueError, PublishReq};
-use crate::hub::{Outbox, SessionCtl};
+use super::{Node, PUBLISH_INFLIGHT};
+use crate::broker::{Publish, PublishError, PublishResult, Registered, Ticket};
+use crate::hub::{CloseReason, Frame, Outbox, SessionCtl};
 use crate::protocol::{self, close, ErrorCode, FrameError};
 
 /// Frames written per flush at most: amortizes syscalls without starving the ping timer.
@@ -25,12 +28,6 @@ const WRITE_BATCH: usize = 64;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the closing handshake may take before the socket is dropped anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Internal close markers (never sent): the peer closed with 1000/1001 ...
-const PEER_GONE: u16 = 1;
-/// ... the peer closed with another code or the connection broke ...
-const PEER_BROKE: u16 = 2;
-/// ... or it was idle past the limit (we send 1001).
-const IDLE: u16 = 3;
 
 /// A connection's place in the hub and, through the broker, in the route table. Dropping it
 /// without [`Registration::release`] (a failed upgrade) still removes it.
@@ -47,24 +44,26 @@ impl Registration {
         Registration { node, user, conn, outbox, released: false }
     }
 
-    /// Adds the connection to the hub; the user's first connection here adds its route.
-    pub(crate) async fn register(&self) {
-        if self.node.hub.add(&self.user, self.conn, self.outbox.clone()) {
-            self.node.broker.sync_user(&self.user).await;
-        }
+    /// Adds the connection to the hub and waits (bounded) until the route table has the user, so
+    /// a client that sees its upgrade is routable from every node. Every connection waits, not
+    /// only the user's first here: a second connection made while the first one's route write is
+    /// in flight must not see its upgrade before that write is confirmed.
+    pub(crate) async fn register(&self) -> Registered {
+        self.node.hub.add(&self.user, self.conn, self.outbox.clone());
+        self.node.broker.register(&self.user).await
     }
 
     /// Answers a bad or failed frame with an `error` frame, and counts it.
-    fn reject(&self, id: Option<&serde_json::value::RawValue>, err: &FrameError) {
+    fn reject(&self, id: Option<&RawValue>, err: &FrameError) {
         self.node.metrics.bad_frames.inc();
         self.outbox.offer(protocol::encode_error(id, err), &self.node.metrics);
     }
 
     /// Removes the connection; the user's last connection here removes its route.
-    async fn release(mut self) {
+    fn release(mut self) {
         self.released = true;
         if self.node.hub.remove(&self.user, self.conn) {
-            self.node.broker.sync_user_nowait(&self.user).await;
+            self.node.broker.unregister(&self.user);
         }
     }
 }
@@ -72,14 +71,13 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         if !self.released && self.node.hub.remove(&self.user, self.conn) {
-            let (broker, user) = (self.node.broker.clone(), self.user.clone());
-            self.node.sessions.spawn(async move { broker.sync_user_nowait(&user).await });
+            self.node.broker.unregister(&self.user);
         }
     }
 }
 
 /// Runs the connection to its end.
-pub(crate) async fn run(socket: WebSocket, reg: Registration, rx: mpsc::Receiver<Bytes>, ctl: Arc<SessionCtl>) {
+pub(crate) async fn run(socket: WebSocket, reg: Registration, rx: mpsc::Receiver<Frame>, ctl: Arc<SessionCtl>) {
     // Debug level: an enabled span keeps its formatted fields per connection (~0.5 KiB), which an
     // idle node cannot afford at 10k connections. RUST_LOG=wsctl=debug turns it on.
     let span = debug_span!("session", user = %reg.user, conn = %reg.conn);
@@ -91,49 +89,102 @@ pub(crate) async fn run(socket: WebSocket, reg: Registration, rx: mpsc::Receiver
         let writer = node.sessions.spawn(write_loop(sink, rx, ctl.clone(), seen.clone(), node.limits.clone()).in_current_span());
         let end = read_loop(&mut stream, &reg, &ctl, &seen).await;
         ctl.close_with(end);
-        let code = ctl.code().unwrap_or(end);
-        if !matches!(code, PEER_GONE | close::NORMAL | close::DRAINING) {
+        let reason = ctl.reason().unwrap_or(end);
+        if reason.is_unexpected() {
             node.metrics.unexpected_disconnects.inc();
         }
         let _ = writer.await;
-        if !matches!(code, PEER_GONE | PEER_BROKE) {
-            await_close_echo(&mut stream, code == close::TOO_LARGE).await;
+        if reason.close_frame().is_some() {
+            await_close_echo(&mut stream, reason == CloseReason::TooLarge).await;
         }
-        debug!(code, "disconnected");
-        reg.release().await;
+        debug!(?reason, "disconnected");
+        reg.release();
     }
     .instrument(span)
     .await
 }
 
-/// Reads frames until the connection ends; returns the close code to send (or a PEER_* marker).
+/// Reads frames until the connection ends; returns why it ended.
 /// Every frame (pongs included) stamps `seen`; the writer closes connections that stay silent.
-async fn read_loop(stream: &mut SplitStream<WebSocket>, reg: &Registration, ctl: &SessionCtl, seen: &Activity) -> u16 {
+/// At most [`PUBLISH_INFLIGHT`] publishes of this connection await their outcome: past that the
+/// reader stops reading, so a flooding client is slowed by TCP and never takes more than its
+/// share of the node's queue towards Redis.
+async fn read_loop(stream: &mut SplitStream<WebSocket>, reg: &Registration, ctl: &SessionCtl, seen: &Activity) -> CloseReason {
     // Pinned once: a fresh `closed()` future per frame would register with the token each time.
     let closed = ctl.closed();
     tokio::pin!(closed);
+    let mut inflight = FuturesOrdered::new();
     loop {
         let next = tokio::select! {
             biased;
-            _ = &mut closed => return ctl.code().unwrap_or(PEER_GONE),
-            next = stream.next() => next,
+            _ = &mut closed => return ctl.reason().unwrap_or(CloseReason::PeerGone),
+            Some(done) = inflight.next(), if !inflight.is_empty() => {
+                answer(reg, done);
+                continue;
+            }
+            next = stream.next(), if inflight.len() < PUBLISH_INFLIGHT => next,
         };
         seen.stamp();
         let msg = match next {
-            None => return PEER_BROKE,
+            None => return CloseReason::PeerBroke,
             Some(Err(e)) => return read_error(e, reg),
             Some(Ok(msg)) => msg,
         };
-        match msg {
+        let sent = match msg {
             Message::Text(t) => handle_frame(reg, t.as_bytes()),
             Message::Binary(b) => handle_frame(reg, &b),
-            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Ping(_) | Message::Pong(_) => None,
             Message::Close(frame) => {
                 let code = frame.map_or(close::NORMAL, |f| f.code);
-                return if matches!(code, close::NORMAL | close::GOING_AWAY) { PEER_GONE } else { PEER_BROKE };
+                return if matches!(code, close::NORMAL | close::GOING_AWAY) { CloseReason::PeerGone } else { CloseReason::PeerBroke };
             }
-        }
+        };
+        inflight.extend(sent);
     }
+}
+
+/// A publish of this connection awaiting its outcome, with what the answer needs.
+struct InFlight {
+    id: Option<Box<RawValue>>,
+    /// Connections of the receiver reached on this node.
+    local: usize,
+    ticket: Ticket,
+}
+
+impl Future for InFlight {
+    type Output = (Option<Box<RawValue>>, usize, PublishResult);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = ready!(Pin::new(&mut self.ticket).poll(cx));
+        Poll::Ready((self.id.take(), self.local, result))
+    }
+}
+
+/// Answers a publish once its outcome is known: an ack if the client asked for one, an error
+/// frame (always) if other nodes could not be reached.
+fn answer(reg: &Registration, (id, local, result): (Option<Box<RawValue>>, usize, PublishResult)) {
+    let metrics = &reg.node.metrics;
+    let err = match result {
+        Ok(routed) => {
+            let online = local > 0 || routed.nodes > 0;
+            if !online {
+                metrics.undeliverable.inc();
+            }
+            if let Some(id) = &id {
+                reg.outbox.offer(protocol::encode_ack(id, Some(online)), metrics);
+            }
+            return;
+        }
+        Err(PublishError::Overloaded) => {
+            FrameError::new(ErrorCode::Overloaded, "node overloaded: message not sent to other nodes, retry later")
+        }
+        Err(PublishError::Unavailable) => FrameError::new(
+            ErrorCode::Unavailable,
+            format!("delivered to {local} connection(s) on this node; other nodes unreachable (Redis unavailable)"),
+        ),
+        Err(_) => FrameError::new(ErrorCode::Unavailable, "node is shutting down: message not sent to other nodes"),
+    };
+    reg.reject(id.as_deref(), &err);
 }
 
 /// When the peer last sent anything, in milliseconds since the session started. Written by the
@@ -180,31 +231,35 @@ async fn await_close_echo(stream: &mut SplitStream<WebSocket>, unread_remains: b
 
 /// A read error: a frame over the limit or invalid UTF-8 gets an error frame and its close code;
 /// anything else means the connection broke.
-fn read_error(e: axum::Error, reg: &Registration) -> u16 {
+fn read_error(e: axum::Error, reg: &Registration) -> CloseReason {
     use tokio_tungstenite::tungstenite::Error as WsError;
     let inner = e.into_inner();
     let (err, code) = match inner.downcast_ref::<WsError>() {
         Some(WsError::Capacity(c)) => (
             FrameError::new(ErrorCode::TooLarge, format!("frame too large: {c} (limit {} bytes)", reg.node.limits.max_frame)),
-            close::TOO_LARGE,
+            CloseReason::TooLarge,
         ),
-        Some(WsError::Utf8(_)) => (FrameError::new(ErrorCode::InvalidUtf8, "text frame is not valid UTF-8"), close::INVALID_PAYLOAD),
+        Some(WsError::Utf8(_)) => (FrameError::new(ErrorCode::InvalidUtf8, "text frame is not valid UTF-8"), CloseReason::InvalidPayload),
         _ => {
             debug!(error = %inner, "connection broke");
-            return PEER_BROKE;
+            return CloseReason::PeerBroke;
         }
     };
     reg.reject(None, &err);
     code
 }
 
-/// Answers one client frame. Never waits: everything it sends goes through bounded queues.
-fn handle_frame(reg: &Registration, bytes: &[u8]) {
+/// Answers one client frame. Never waits: everything it sends goes through bounded queues. A
+/// chat message returns its publish, which the reader answers once the outcome is known.
+fn handle_frame(reg: &Registration, bytes: &[u8]) -> Option<InFlight> {
     let node = &reg.node;
-    let reply = |frame: Bytes| {
+    let reply = |frame: Frame| {
         reg.outbox.offer(frame, &node.metrics);
     };
-    let fail = |id, err: FrameError| reg.reject(id, &err);
+    let fail = |id, err: FrameError| {
+        reg.reject(id, &err);
+        None
+    };
     let frame = match protocol::parse_client_frame(bytes) {
         Ok(f) => f,
         Err(err) => return fail(None, err),
@@ -220,20 +275,8 @@ fn handle_frame(reg: &Registration, bytes: &[u8]) {
             let envelope = protocol::encode_envelope(protocol::TYPE_CHAT, frame.payload, &receiver, &reg.user, &ts);
             // Local receivers first, straight from the hub; never echoed to this connection.
             let local = node.hub.deliver(&receiver, &envelope, Some(reg.conn));
-            let req = PublishReq {
-                receiver: Arc::from(receiver.as_ref()),
-                envelope,
-                local,
-                id: id.map(|i| i.to_owned()),
-                reply_to: reg.outbox.clone(),
-            };
-            if let Err((e, req)) = node.broker.publish(req, &node.metrics) {
-                let (code, msg) = match e {
-                    EnqueueError::Overloaded => (ErrorCode::Overloaded, "node overloaded: message not sent to other nodes, retry later"),
-                    _ => (ErrorCode::Unavailable, "node is shutting down: message not sent to other nodes"),
-                };
-                fail(req.id.as_deref(), FrameError::new(code, msg));
-            }
+            let ticket = node.broker.publish(Publish { receiver: Arc::from(receiver.as_ref()), envelope });
+            Some(InFlight { id: id.map(ToOwned::to_owned), local, ticket })
         }
         protocol::TYPE_LATENCY => match protocol::parse_latency_ms(frame.payload) {
             Ok(ms) => {
@@ -241,6 +284,7 @@ fn handle_frame(reg: &Registration, bytes: &[u8]) {
                 if let Some(id) = id {
                     reply(protocol::encode_ack(id, None));
                 }
+                None
             }
             Err(err) => fail(id, err),
         },
@@ -249,21 +293,21 @@ fn handle_frame(reg: &Registration, bytes: &[u8]) {
             if let Some(id) = id {
                 reply(protocol::encode_ack(id, None));
             }
+            None
         }
-        other => {
-            let err = FrameError::new(ErrorCode::UnknownType, format!("unknown frame type {other:?}"));
-            fail(id, err)
-        }
+        other => fail(id, FrameError::new(ErrorCode::UnknownType, format!("unknown frame type {other:?}"))),
     }
 }
 
-/// Writes queued frames in batches and pings; on close, flushes the queue if draining and sends
-/// the close frame.
+/// Writes queued frames in batches and pings; on close, flushes the queue when the reason says so
+/// and sends the close frame.
 /// Also the idle check: at each ping tick, a connection silent for longer than the idle timeout
-/// is closed (so it closes between `idle_timeout` and `idle_timeout + ping_interval`).
+/// is closed (so it closes between `idle_timeout` and `idle_timeout + ping_interval`). The tick
+/// comes before the queue in the select: a connection with constant outbound traffic is still
+/// pinged and checked.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Frame>,
     ctl: Arc<SessionCtl>,
     seen: Arc<Activity>,
     limits: super::Limits,
@@ -279,76 +323,62 @@ async fn write_loop(
         tokio::select! {
             biased;
             _ = &mut closed => break,
+            _ = ping.tick() => {
+                if seen.silent_for() > limits.idle_timeout {
+                    debug!(idle = ?limits.idle_timeout, "idle timeout");
+                    ctl.close_with(CloseReason::Idle);
+                    break;
+                }
+                if tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
+                    ctl.close_with(CloseReason::PeerBroke);
+                    return;
+                }
+            }
             n = rx.recv_many(&mut batch, WRITE_BATCH) => {
                 if n == 0 {
                     break;
                 }
-                if write_batch(&mut sink, &mut batch).await.is_err() {
-                    ctl.close_with(PEER_BROKE);
-                    return;
-                }
-            }
-            _ = ping.tick() => {
-                if seen.silent_for() > limits.idle_timeout {
-                    debug!(idle = ?limits.idle_timeout, "idle timeout");
-                    ctl.close_with(IDLE);
-                    break;
-                }
-                if tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Bytes::new()))).await.map_or(true, |r| r.is_err()) {
-                    ctl.close_with(PEER_BROKE);
+                if write_batch(&mut sink, &mut batch, &ctl).await.is_err() {
+                    ctl.close_with(CloseReason::PeerBroke);
                     return;
                 }
             }
         }
     }
-    match ctl.code() {
-        Some(close::DRAINING) => {
-            // Nothing already queued is lost on drain.
-            while let Ok(f) = rx.try_recv() {
-                batch.push(f);
-                if batch.len() == WRITE_BATCH && write_batch(&mut sink, &mut batch).await.is_err() {
+    let Some(reason) = ctl.reason() else { return };
+    match reason.close_frame() {
+        Some((code, why)) => {
+            // Nothing already queued is lost on drain; an error frame queued just before a
+            // protocol close explains it.
+            if reason.flushes_queue() {
+                while let Ok(f) = rx.try_recv() {
+                    batch.push(f);
+                    if batch.len() == WRITE_BATCH && write_batch(&mut sink, &mut batch, &ctl).await.is_err() {
+                        return;
+                    }
+                }
+                if write_batch(&mut sink, &mut batch, &ctl).await.is_err() {
                     return;
                 }
             }
-            if write_batch(&mut sink, &mut batch).await.is_err() {
-                return;
-            }
-            send_close(&mut sink, close::DRAINING, "node draining, reconnect").await;
+            send_close(&mut sink, code, why).await;
         }
-        Some(code @ (close::SLOW_CONSUMER | close::TOO_LARGE | close::INVALID_PAYLOAD | close::INTERNAL)) => {
-            let reason = match code {
-                close::SLOW_CONSUMER => "slow consumer: send queue overflowed",
-                close::TOO_LARGE => "frame too large",
-                close::INVALID_PAYLOAD => "invalid UTF-8",
-                _ => "internal error",
-            };
-            // Error frames queued just before (too_large, invalid_utf8) go out first.
-            if code != close::SLOW_CONSUMER {
-                while let Ok(f) = rx.try_recv() {
-                    batch.push(f);
-                }
-                let _ = write_batch(&mut sink, &mut batch).await;
-            }
-            send_close(&mut sink, code, reason).await;
-        }
-        Some(IDLE) => send_close(&mut sink, close::GOING_AWAY, "idle timeout").await,
         // The peer closed: tungstenite queued the echo of its close frame; flush it out so the
         // closing handshake completes (RFC 6455 5.5.1).
-        _ => {
+        None => {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
         }
     }
 }
 
-async fn write_batch(sink: &mut SplitSink<WebSocket, Message>, batch: &mut Vec<Bytes>) -> Result<(), ()> {
+async fn write_batch(sink: &mut SplitSink<WebSocket, Message>, batch: &mut Vec<Frame>, ctl: &SessionCtl) -> Result<(), ()> {
     if batch.is_empty() {
         return Ok(());
     }
     let write = async {
         for frame in batch.drain(..) {
-            // Every frame is JSON we wrote or an envelope that parsed as JSON: valid UTF-8.
-            let text = Utf8Bytes::try_from(frame).map_err(|_| ())?;
-            sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+            ctl.dequeued(frame.len());
+            sink.feed(Message::Text(frame)).await.map_err(|_| ())?;
         }
         sink.flush().await.map_err(|_| ())
     };

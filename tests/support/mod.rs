@@ -203,7 +203,7 @@ impl TestNode {
         init_logs();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = ServerConfig { server_id: id.to_string(), redis, limits, advertise: None };
+        let config = ServerConfig { redis, limits, ..ServerConfig::embedded(id) };
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new();
         let handle = tokio::spawn(wsctl::server::serve_with_metrics(listener, config, metrics.clone(), shutdown.clone()));

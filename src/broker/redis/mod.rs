@@ -1,0 +1,344 @@
+//! The Redis broker of a node in a fleet: one command connection and one subscriber connection
+//! (fred handles the per-shard connections of a Cluster), and four tasks with one job each:
+//! - [`writer`]: keeps this node's routes (`user_servers`, `user_online`) in step with the hub;
+//! - [`refresher`]: re-asserts every route and the lease on a timer, off the path of new
+//!   connections;
+//! - [`publisher`]: routes envelopes to the receivers' other nodes, in batches;
+//! - [`subscriber`]: delivers what arrives on this node's channel to the hub.
+//!
+//! Redis trouble never stalls the node: every wait has a deadline, and while Redis is known to be
+//! unreachable (`degraded`) sends are answered `unavailable` at once instead of queueing behind
+//! a stalled connection. A probe clears the state as soon as Redis answers again.
+
+mod publisher;
+mod refresher;
+mod subscriber;
+mod writer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::redis::{PubsubMode, RedisConfig, RedisConfigError};
+use crate::routes::{self, Lease};
+
+use super::{Publish, PublishError, Registered, Ticket};
+use publisher::{PublishReq, Publisher};
+use writer::{RouteOp, RouteWriter};
+
+pub use publisher::PUBLISH_QUEUE;
+pub use writer::ROUTE_QUEUE;
+
+/// How long a new connection waits for Redis to confirm its route before its upgrade goes ahead
+/// anyway (the route is then written as soon as Redis answers). Short, so a Redis stall never
+/// holds a handshake for long: new connections are answered within this plus the upgrade itself.
+pub const REGISTER_WAIT: Duration = Duration::from_secs(1);
+/// While degraded, how often Redis is probed with a PING.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// A probe that takes longer than this failed (Redis paused, failing over, or gone).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// On drain, after this node's routes are gone: how long publishes that other nodes routed here
+/// just before may still take to arrive. On standalone Redis the fence (see [`RedisBroker::leave`])
+/// proves it sooner; on a Cluster a pipelined route may publish one round trip after reading the
+/// route set.
+const LEAVE_GRACE: Duration = Duration::from_millis(300);
+/// How long broker shutdown (stopping tasks, QUIT) may take.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the Redis broker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    #[error(transparent)]
+    Config(#[from] RedisConfigError),
+    #[error("cannot subscribe to {channel}: {source}")]
+    Subscribe { channel: String, source: fred::error::Error },
+}
+
+/// What a node tells the broker about itself.
+pub struct NodeInfo {
+    pub server_id: Arc<str>,
+    pub address: String,
+    pub hub: Arc<Hub>,
+    pub metrics: Metrics,
+    /// Treat a route to a node without a `server_alive` lease as dead. Off only while Go nodes
+    /// (which write no lease) share the Redis.
+    pub require_lease: bool,
+    /// Largest envelope from Redis worth delivering (what a client connection can be written).
+    pub max_envelope: usize,
+}
+
+/// Whether Redis is known to be unreachable, shared by the broker's tasks.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    degraded: AtomicBool,
+}
+
+impl Health {
+    pub(crate) fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+    /// Marks Redis unreachable; returns true if it was not already.
+    pub(crate) fn degrade(&self) -> bool {
+        !self.degraded.swap(true, Ordering::Relaxed)
+    }
+    pub(crate) fn restore(&self) -> bool {
+        self.degraded.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// The broker of a node in a Redis-backed fleet.
+pub struct RedisBroker {
+    config: RedisConfig,
+    server_id: Arc<str>,
+    client: Client,
+    subscriber: SubscriberClient,
+    sharded: bool,
+    routes_tx: mpsc::Sender<RouteOp>,
+    publish_tx: mpsc::Sender<PublishReq>,
+    health: Arc<Health>,
+    metrics: Metrics,
+    /// Fires when the subscriber sees this node's drain fence.
+    fence_seen: Arc<tokio::sync::Notify>,
+    fence: String,
+    /// Stops the refresher (first step of a drain).
+    stop_refresh: CancellationToken,
+    /// Stops the broker's other tasks, after the sessions are gone.
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    /// fred's re-subscriber task; aborted on shutdown.
+    resubscriber: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RedisBroker {
+    /// Connects, subscribes to this node's channel, writes the lease and starts the tasks.
+    pub async fn start(config: RedisConfig, node: NodeInfo) -> Result<Arc<RedisBroker>, BrokerError> {
+        let client = config.connect().await?;
+        let subscriber = config.connect_subscriber().await?;
+        let channel = routes::server_channel(&node.server_id);
+        let sharded = config.effective_pubsub() == PubsubMode::Sharded;
+        let sub = if sharded { subscriber.ssubscribe(channel.clone()).await } else { subscriber.subscribe(channel.clone()).await };
+        sub.map_err(|source| BrokerError::Subscribe { channel: channel.clone(), source })?;
+        let resubscriber = subscriber.manage_subscriptions();
+
+        let (routes_tx, routes_rx) = mpsc::channel(ROUTE_QUEUE);
+        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let broker = Arc::new(RedisBroker {
+            server_id: node.server_id.clone(),
+            client: client.clone(),
+            subscriber: subscriber.clone(),
+            sharded,
+            routes_tx,
+            publish_tx,
+            health: Arc::new(Health::default()),
+            metrics: node.metrics.clone(),
+            fence_seen: Arc::new(tokio::sync::Notify::new()),
+            // No receiverID: never delivered to anyone, recognised by its nonce.
+            fence: format!("{{\"type\":\"wsctl_fence\",\"nonce\":\"{}\"}}", uuid::Uuid::new_v4()),
+            stop_refresh: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            resubscriber: std::sync::Mutex::new(Some(resubscriber)),
+            config,
+        });
+        let started_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let lease = Lease { address: node.address.clone(), version: env!("CARGO_PKG_VERSION").to_string(), started_at, connections: 0 };
+        let cluster = broker.config.is_cluster();
+        let writer = RouteWriter::new(client.clone(), node.server_id.clone(), node.hub.clone(), node.metrics.clone(), cluster);
+        broker.tracker.spawn(writer.run(routes_rx, broker.stop.clone()));
+        let refresher =
+            refresher::Refresher::new(client.clone(), node.server_id.clone(), node.hub.clone(), node.metrics.clone(), lease, cluster);
+        // The lease before the node accepts anyone.
+        refresher.write_lease().await;
+        let refresh_now = refresher.now.clone();
+        broker.tracker.spawn(refresher.run(broker.routes_tx.clone(), broker.stop_refresh.clone()));
+        let publisher = Publisher::new(client.clone(), &node, sharded, cluster, broker.health.clone());
+        broker.tracker.spawn(publisher.run(publish_rx, broker.stop.clone()));
+        let receiver = subscriber::Receiver {
+            hub: node.hub.clone(),
+            metrics: node.metrics.clone(),
+            max_envelope: node.max_envelope,
+            fence: broker.fence.clone(),
+            fence_seen: broker.fence_seen.clone(),
+        };
+        broker.tracker.spawn(receiver.run(subscriber.message_rx(), broker.stop.clone()));
+        let watch = Watch {
+            client: client.clone(),
+            routes: broker.routes_tx.clone(),
+            refresh_now,
+            metrics: node.metrics.clone(),
+            health: broker.health.clone(),
+        };
+        broker.tracker.spawn(watch_connection(watch, broker.stop.clone()));
+        Ok(broker)
+    }
+
+    pub async fn register(&self, user: &Arc<str>) -> Registered {
+        if self.health.is_degraded() {
+            // Known down: don't wait; the writer registers the user once Redis answers.
+            self.unregister(user);
+            return Registered::Later;
+        }
+        let (tx, rx) = oneshot::channel();
+        let wait = async {
+            self.routes_tx.send(RouteOp::Sync(user.clone(), Some(tx))).await.ok()?;
+            rx.await.ok()
+        };
+        match tokio::time::timeout(REGISTER_WAIT, wait).await {
+            Ok(Some(())) => Registered::Yes,
+            _ => {
+                self.metrics.route_registrations_delayed.inc();
+                Registered::Later
+            }
+        }
+    }
+
+    pub fn unregister(&self, user: &Arc<str>) {
+        // A full queue: the writer's retry and the refresher's reconcile catch the user up.
+        if self.routes_tx.try_send(RouteOp::Sync(user.clone(), None)).is_err() {
+            self.metrics.route_queue_full.inc();
+        }
+    }
+
+    pub fn touch(&self, user: &Arc<str>) {
+        // Full queue: drop it; the periodic refresh re-asserts the route anyway.
+        let _ = self.routes_tx.try_send(RouteOp::Touch(user.clone()));
+    }
+
+    pub fn publish(&self, msg: Publish) -> Ticket {
+        if self.health.is_degraded() {
+            return Ticket::ready(Err(PublishError::Unavailable));
+        }
+        let (reply, ticket) = Ticket::pending();
+        match self.publish_tx.try_send(PublishReq { msg, reply }) {
+            Ok(()) => ticket,
+            Err(mpsc::error::TrySendError::Full(_)) => Ticket::ready(Err(PublishError::Overloaded)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Ticket::ready(Err(PublishError::Stopped)),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.client.is_connected() && self.subscriber.is_connected() && !self.health.is_degraded()
+    }
+
+    pub fn describe(&self) -> String {
+        self.config.describe()
+    }
+
+    /// Drain: removes every route of this node and its lease, then waits until messages other
+    /// nodes routed here before that have arrived: on standalone Redis, until this node's own
+    /// fence message comes back on its channel (Redis delivers a channel's messages in order, and
+    /// a routing script runs atomically, so every earlier publish is ahead of the fence); on a
+    /// Cluster, also a short grace for pipelined routes. All of it bounded by `budget`.
+    pub async fn leave(&self, budget: Duration) {
+        let deadline = tokio::time::Instant::now() + budget;
+        self.stop_refresh.cancel();
+        let (tx, rx) = oneshot::channel();
+        let removed = async {
+            self.routes_tx.send(RouteOp::Leave(tx)).await.ok()?;
+            rx.await.ok()
+        };
+        if tokio::time::timeout_at(deadline, removed).await.ok().flatten().is_none() {
+            warn!(server = %self.server_id, "drain: could not confirm route removal in time; `wsctl routes purge` cleans up");
+            return;
+        }
+        let seen = self.fence_seen.notified();
+        let channel = routes::server_channel(&self.server_id);
+        let sent: Result<(), _> = if self.sharded {
+            self.client.spublish(channel, self.fence.as_str()).await
+        } else {
+            self.client.publish(channel, self.fence.as_str()).await
+        };
+        if sent.is_ok() && tokio::time::timeout_at(deadline, seen).await.is_err() {
+            warn!("drain: the fence did not come back in time");
+        }
+        if self.config.is_cluster() {
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + LEAVE_GRACE)).await;
+        }
+        info!(server = %self.server_id, "left the route table");
+    }
+
+    /// Stops the broker's tasks and disconnects, bounded by [`SHUTDOWN_TIMEOUT`].
+    pub async fn shutdown(&self) {
+        self.stop_refresh.cancel();
+        self.stop.cancel();
+        self.tracker.close();
+        if let Some(h) = self.resubscriber.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            h.abort();
+        }
+        let done = async {
+            self.tracker.wait().await;
+            let _ = self.subscriber.quit().await;
+            let _ = self.client.quit().await;
+        };
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, done).await.is_err() {
+            warn!("broker shutdown timed out");
+        }
+    }
+}
+
+/// What the connection watcher needs.
+struct Watch {
+    client: Client,
+    routes: mpsc::Sender<RouteOp>,
+    refresh_now: Arc<tokio::sync::Notify>,
+    metrics: Metrics,
+    health: Arc<Health>,
+}
+
+/// Watches the command connection: marks the broker degraded on errors, probes Redis while it is,
+/// and after a reconnect has the writer re-register every route (Redis may have restarted empty).
+async fn watch_connection(w: Watch, stop: CancellationToken) {
+    let mut reconnects = w.client.reconnect_rx();
+    let mut errors = w.client.error_rx();
+    loop {
+        tokio::select! {
+            r = reconnects.recv() => match r {
+                Ok(server) => {
+                    w.metrics.redis_reconnects.inc();
+                    info!(%server, "Redis connection restored; re-registering routes");
+                    reassert(&w).await;
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            e = errors.recv() => match e {
+                Ok((error, server)) => {
+                    if w.health.degrade() {
+                        warn!(%error, server = ?server, "Redis connection lost: remote sends answer `unavailable`");
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PROBE_INTERVAL), if w.health.is_degraded() => probe(&w).await,
+        }
+    }
+}
+
+/// One PING; on an answer, the broker is healthy again and the routes are re-asserted (a stall
+/// or outage may have lost writes).
+async fn probe(w: &Watch) {
+    let ping = tokio::time::timeout(PROBE_TIMEOUT, w.client.ping::<String>(None)).await;
+    if matches!(ping, Ok(Ok(_))) && w.health.restore() {
+        info!("Redis answers again: remote sends resume");
+        reassert(&w).await;
+    }
+}
+
+/// Redis may have lost writes: the writer forgets what it confirmed, the refresher rewrites all.
+async fn reassert(w: &Watch) {
+    let _ = w.routes.send(RouteOp::Reassert).await;
+    w.refresh_now.notify_one();
+}

@@ -1,0 +1,105 @@
+//! The refresher: rewrites this node's lease every [`routes::LEASE_REFRESH`] and re-asserts every
+//! route it holds (presence, then set entry) every [`routes::PRESENCE_REFRESH`], or at once after
+//! Redis came back. It runs beside the route writer, so a refresh of many users never delays a
+//! new connection's registration.
+//!
+//! It reads the hub's users, writes them, then reconciles: a user who left while the write was
+//! in flight is handed to the writer, which removes the route again. So a refresh can never leave
+//! behind the route of a user who is gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::routes::{self, Lease};
+
+use super::writer::{write_routes, RouteOp};
+
+/// Users per pipeline when re-asserting every route: bounds one pipeline's size and the time it
+/// holds the connection.
+const REFRESH_CHUNK: usize = 2_000;
+/// A failed refresh is tried again this soon rather than at the next period.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+pub(crate) struct Refresher {
+    client: Client,
+    server_id: Arc<str>,
+    hub: Arc<Hub>,
+    metrics: Metrics,
+    lease: Lease,
+    cluster: bool,
+    /// Notified to re-assert every route now (Redis came back).
+    pub(crate) now: Arc<Notify>,
+}
+
+impl Refresher {
+    pub(crate) fn new(client: Client, server_id: Arc<str>, hub: Arc<Hub>, metrics: Metrics, lease: Lease, cluster: bool) -> Self {
+        Refresher { client, server_id, hub, metrics, lease, cluster, now: Arc::new(Notify::new()) }
+    }
+
+    pub(crate) async fn run(mut self, writer: mpsc::Sender<RouteOp>, stop: CancellationToken) {
+        let mut lease_tick = tokio::time::interval(routes::LEASE_REFRESH);
+        lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        lease_tick.tick().await;
+        let mut next_routes = tokio::time::Instant::now() + routes::PRESENCE_REFRESH;
+        let now = self.now.clone();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = lease_tick.tick() => {
+                    self.write_lease().await;
+                    if tokio::time::Instant::now() < next_routes {
+                        continue;
+                    }
+                }
+                _ = now.notified() => {}
+            }
+            let ok = self.reassert_all(&writer).await;
+            let wait = if ok { routes::PRESENCE_REFRESH } else { RETRY_INTERVAL };
+            next_routes = tokio::time::Instant::now() + wait;
+        }
+    }
+
+    /// `SET server_alive:<id> <lease JSON> EX 15`.
+    pub(crate) async fn write_lease(&self) -> bool {
+        let mut lease = self.lease.clone();
+        lease.connections = self.hub.connections();
+        let value = serde_json::to_string(&lease).expect("lease serializes");
+        let ttl = Some(Expiration::EX(routes::LEASE_TTL.as_secs() as i64));
+        let r: Result<(), _> = self.client.set(routes::server_alive_key(&self.server_id), value, ttl, None, false).await;
+        r.map_err(|e| {
+            self.metrics.redis_errors.inc();
+            warn!(error = %e, "lease write failed");
+        })
+        .is_ok()
+    }
+
+    /// Re-asserts every route, chunk by chunk, then reconciles. Returns whether every chunk was
+    /// written.
+    async fn reassert_all(&mut self, writer: &mpsc::Sender<RouteOp>) -> bool {
+        let users = self.hub.users();
+        let mut ok = self.write_lease().await;
+        for chunk in users.chunks(REFRESH_CHUNK) {
+            ok &= self.reassert(chunk).await;
+            for u in chunk.iter().filter(|u| !self.hub.contains(u)) {
+                // Left while we wrote it: the writer removes it again (reads the hub then).
+                let _ = writer.send(RouteOp::Sync(u.clone(), None)).await;
+            }
+        }
+        if !ok {
+            self.metrics.redis_errors.inc();
+            warn!(users = users.len(), "route refresh failed; retrying in {RETRY_INTERVAL:?}");
+        }
+        ok
+    }
+
+    async fn reassert(&self, users: &[Arc<str>]) -> bool {
+        write_routes(&self.client, &self.server_id, self.cluster, users, &[]).await.is_ok()
+    }
+}

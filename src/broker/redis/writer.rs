@@ -1,0 +1,231 @@
+//! The route writer: keeps this node's entries in `user_servers:<u>` and its `user_online:<u>:<s>`
+//! keys in step with the hub. It reconciles instead of replaying events: for each user it reads
+//! the hub *now* and writes add or remove, so a connect racing a disconnect of the same user can
+//! never leave the table wrong.
+//!
+//! A route is always written presence first (`SET user_online`), then the set entry (`SADD`):
+//! another node's stale-route check (entry present, presence missing => SREM) can then never
+//! remove a route that is being written. On a Cluster the two keys live on different shards, so
+//! the SADDs go out only after the SETs are confirmed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::clients::Pipeline;
+use fred::prelude::*;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::routes;
+
+/// Capacity of the queue of route-table changes. Connects wait for room (bounded by
+/// [`super::REGISTER_WAIT`]); disconnects and heartbeats that find it full are dropped and caught
+/// up by the writer's retry and the refresher's reconcile.
+pub const ROUTE_QUEUE: usize = 8_192;
+/// Route operations per writer batch at most.
+const ROUTE_BATCH: usize = 1_024;
+/// A failed route write is retried after this long (not at the next 30 s refresh).
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+pub(crate) enum RouteOp {
+    /// Make the route table match the hub for this user; reply once Redis confirmed the route.
+    /// The reply is dropped (never sent) if the write failed.
+    Sync(Arc<str>, Option<oneshot::Sender<()>>),
+    /// Re-assert the user's whole route (heartbeat).
+    Touch(Arc<str>),
+    /// Redis may have lost everything (reconnect, or a stall ended): forget what was confirmed.
+    Reassert,
+    /// Drain: remove every route of this node and its lease; reply once done. Nothing is added
+    /// after it.
+    Leave(oneshot::Sender<()>),
+}
+
+pub(crate) struct RouteWriter {
+    client: Client,
+    server_id: Arc<str>,
+    hub: Arc<Hub>,
+    metrics: Metrics,
+    cluster: bool,
+    /// Users whose route Redis confirmed and that this node has not removed since.
+    confirmed: HashSet<Arc<str>>,
+    /// Users whose last write (add or remove) failed: retried on a timer.
+    retry: HashSet<Arc<str>>,
+    /// Set by a drain: the reply owed once every route is removed.
+    leaving: Option<Option<oneshot::Sender<()>>>,
+}
+
+/// One batch's work, after coalescing.
+#[derive(Default)]
+struct Plan {
+    add: Vec<Arc<str>>,
+    remove: Vec<Arc<str>>,
+    waiters: Vec<(Arc<str>, oneshot::Sender<()>)>,
+}
+
+impl RouteWriter {
+    pub(crate) fn new(client: Client, server_id: Arc<str>, hub: Arc<Hub>, metrics: Metrics, cluster: bool) -> Self {
+        RouteWriter {
+            client,
+            server_id,
+            hub,
+            metrics,
+            cluster,
+            confirmed: HashSet::new(),
+            retry: HashSet::new(),
+            leaving: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<RouteOp>, stop: CancellationToken) {
+        let mut batch = Vec::with_capacity(ROUTE_BATCH);
+        loop {
+            let pending = !self.retry.is_empty() || matches!(self.leaving, Some(Some(_)));
+            tokio::select! {
+                n = rx.recv_many(&mut batch, ROUTE_BATCH) => if n == 0 { return },
+                _ = tokio::time::sleep(RETRY_INTERVAL), if pending => {}
+                _ = stop.cancelled() => return,
+            }
+            let plan = self.plan(batch.drain(..));
+            self.apply(plan).await;
+            self.finish_leave().await;
+        }
+    }
+
+    /// Coalesces a batch (and the retries) into the users to add and remove.
+    fn plan(&mut self, ops: impl Iterator<Item = RouteOp>) -> Plan {
+        let mut users: HashSet<Arc<str>> = std::mem::take(&mut self.retry);
+        let mut touched = HashSet::new();
+        let mut plan = Plan::default();
+        for op in ops {
+            match op {
+                RouteOp::Sync(u, w) => {
+                    if let Some(w) = w {
+                        plan.waiters.push((u.clone(), w));
+                    }
+                    users.insert(u);
+                }
+                RouteOp::Touch(u) => {
+                    touched.insert(u);
+                }
+                RouteOp::Reassert => self.confirmed.clear(),
+                RouteOp::Leave(tx) => self.leaving = Some(Some(tx)),
+            }
+        }
+        for u in users.into_iter().chain(touched.iter().cloned()) {
+            let here = self.hub.contains(&u);
+            if here && self.leaving.is_none() && (touched.contains(&u) || !self.confirmed.contains(&u)) {
+                plan.add.push(u);
+            } else if !here {
+                plan.remove.push(u);
+            }
+        }
+        plan.add.sort_unstable();
+        plan.add.dedup();
+        plan.remove.sort_unstable();
+        plan.remove.dedup();
+        plan
+    }
+
+    async fn apply(&mut self, plan: Plan) {
+        let ok = plan.add.is_empty() && plan.remove.is_empty() || self.write(&plan.add, &plan.remove).await;
+        if ok {
+            for u in &plan.remove {
+                self.confirmed.remove(u);
+            }
+            self.confirmed.extend(plan.add.iter().cloned());
+        } else {
+            self.metrics.redis_errors.inc();
+            self.retry.extend(plan.add.iter().chain(&plan.remove).cloned());
+        }
+        // A waiter is released only when its user's route is confirmed (written now, or before).
+        for (u, w) in plan.waiters {
+            if self.confirmed.contains(&u) {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    /// Writes adds and removes. Returns whether Redis confirmed all.
+    async fn write(&self, add: &[Arc<str>], remove: &[Arc<str>]) -> bool {
+        write_routes(&self.client, &self.server_id, self.cluster, add, remove)
+            .await
+            .map_err(|e| warn!(error = %e, "route table write failed; retrying"))
+            .is_ok()
+    }
+
+    /// Drain: once asked, removes the lease and every route this node may hold; retried on the
+    /// timer until it succeeds.
+    async fn finish_leave(&mut self) {
+        let Some(Some(_)) = &self.leaving else { return };
+        let users: HashSet<Arc<str>> = self.confirmed.iter().chain(&self.retry).cloned().chain(self.hub.users()).collect();
+        let p = self.client.pipeline();
+        let _: Result<(), _> = p.del(routes::server_alive_key(&self.server_id)).await;
+        for u in &users {
+            remove_route(&p, u, &self.server_id).await;
+        }
+        match p.all::<Value>().await {
+            Ok(_) => {
+                debug!(routes = users.len(), "removed this node's routes and lease");
+                self.confirmed.clear();
+                self.retry.clear();
+                if let Some(Some(tx)) = self.leaving.take() {
+                    let _ = tx.send(());
+                }
+                self.leaving = Some(None);
+            }
+            Err(e) => {
+                self.metrics.redis_errors.inc();
+                warn!(error = %e, "could not remove this node's routes; retrying");
+            }
+        }
+    }
+}
+
+/// Writes routes for `add` (presence, then set entry: on a Cluster the SADDs go out only once the
+/// SETs are confirmed, as the keys live on different shards) and removes those of `remove`.
+pub(crate) async fn write_routes(
+    client: &Client,
+    server: &str,
+    cluster: bool,
+    add: &[Arc<str>],
+    remove: &[Arc<str>],
+) -> Result<(), fred::error::Error> {
+    let p = client.pipeline();
+    for u in add {
+        set_presence(&p, u, server).await;
+    }
+    for u in remove {
+        remove_route(&p, u, server).await;
+    }
+    let p = if cluster && !add.is_empty() {
+        p.all::<Value>().await?;
+        client.pipeline()
+    } else {
+        p
+    };
+    for u in add {
+        add_entry(&p, u, server).await;
+    }
+    p.all::<Value>().await.map(|_| ())
+}
+
+/// `SET user_online:<u>:<s> 1 EX 60`: the proof the route is alive, written before the entry.
+async fn set_presence(p: &Pipeline<Client>, user: &str, server: &str) {
+    let ttl = Some(Expiration::EX(routes::ONLINE_TTL.as_secs() as i64));
+    let _: Result<(), _> = p.set(routes::user_online_key(user, server), "1", ttl, None, false).await;
+}
+
+/// `SADD user_servers:<u> <s>`.
+async fn add_entry(p: &Pipeline<Client>, user: &str, server: &str) {
+    let _: Result<(), _> = p.sadd(routes::user_servers_key(user), server.to_string()).await;
+}
+
+/// `SREM` the entry and `DEL` the presence key.
+pub(crate) async fn remove_route(p: &Pipeline<Client>, user: &str, server: &str) {
+    let _: Result<(), _> = p.srem(routes::user_servers_key(user), server.to_string()).await;
+    let _: Result<(), _> = p.del(routes::user_online_key(user, server)).await;
+}
