@@ -186,6 +186,7 @@ impl RedisBroker {
     pub async fn register(&self, user: &Arc<str>) -> Registered {
         if self.health.is_degraded() {
             // Known down: don't wait; the writer registers the user once Redis answers.
+            self.metrics.route_registrations_delayed.inc();
             self.unregister(user);
             return Registered::Later;
         }
@@ -301,6 +302,10 @@ struct Watch {
 async fn watch_connection(w: Watch, stop: CancellationToken) {
     let mut reconnects = w.client.reconnect_rx();
     let mut errors = w.client.error_rx();
+    // A steady tick, not a sleep guarded by `if degraded`: a select's guard is read only when the
+    // select starts, and the publisher marks the broker degraded from another task.
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = reconnects.recv() => match r {
@@ -322,7 +327,9 @@ async fn watch_connection(w: Watch, stop: CancellationToken) {
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(PROBE_INTERVAL), if w.health.is_degraded() => probe(&w).await,
+            _ = tick.tick() => if w.health.is_degraded() {
+                probe(&w).await;
+            },
         }
     }
 }

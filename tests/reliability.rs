@@ -1,0 +1,335 @@
+//! The delivery promise under faults (docs/reliability.md), each test named after what it shows,
+//! against a real redis-server: dead nodes, lost routes, a stalled Redis (`CLIENT PAUSE`), a drain
+//! under traffic, and the edge cases found by reading the code.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The promise: every send with an `id` is answered within this, whatever Redis does.
+const ANSWER_BOUND: Duration = Duration::from_secs(3);
+
+#[tokio::test]
+async fn a_route_to_a_node_without_a_lease_is_dead_and_the_ack_says_offline() {
+    let redis = RedisServer::start();
+    let a = TestNode::start("node-a", Some(redis.config())).await;
+    // A node that crashed: its presence key lives on (60 s), its 15 s lease has expired.
+    redis.cli(&["SADD", "user_servers:bob", "node-crashed"]);
+    redis.cli(&["SET", "user_online:bob:node-crashed", "1", "EX", "60"]);
+    let mut alice = a.connect("alice").await;
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":"hi","id":1})).await;
+    assert_eq!(alice.recv().await, json!({"type":"ack","id":1,"online":false}));
+    assert_eq!(redis.cli(&["EXISTS", "user_servers:bob"]), "0", "the dead route is removed");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_route_to_a_leased_node_is_live() {
+    let redis = RedisServer::start();
+    let a = TestNode::start("node-a", Some(redis.config())).await;
+    let b = TestNode::start("node-b", Some(redis.config())).await;
+    let mut bob = b.connect("bob").await;
+    let mut alice = a.connect("alice").await;
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":"hi","id":1})).await;
+    assert_eq!(alice.recv().await, json!({"type":"ack","id":1,"online":true}));
+    assert_eq!(bob.recv().await["payload"], "hi");
+    // Its lease gone (as 15 s after a crash): the same route is now dead.
+    redis.cli(&["DEL", "server_alive:node-b"]);
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":"gone","id":2})).await;
+    assert_eq!(alice.recv().await, json!({"type":"ack","id":2,"online":false}));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_route_entry_is_repaired_by_the_next_heartbeat() {
+    let redis = RedisServer::start();
+    let b = TestNode::start("node-b", Some(redis.config())).await;
+    let mut bob = b.connect("bob").await;
+    // Another node's stale check removed the entry in the instant between SADD and SET.
+    redis.cli(&["SREM", "user_servers:bob", "node-b"]);
+    bob.send(json!({"type":"heartbeat","id":"hb"})).await;
+    assert_eq!(bob.recv().await["type"], "ack");
+    let r = &redis;
+    eventually(RECV_TIMEOUT, "the heartbeat re-adds the set entry", || async move {
+        r.cli(&["SISMEMBER", "user_servers:bob", "node-b"]) == "1"
+    })
+    .await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn every_connection_is_routable_before_its_upgrade_even_a_users_second() {
+    let redis = RedisServer::start();
+    let b = TestNode::start("node-b", Some(redis.config())).await;
+    for i in 0..20 {
+        let user = format!("u{i}");
+        // Two connections of one user at once: the second must not be upgraded before the
+        // route written for the first is confirmed.
+        let (c1, c2) = tokio::join!(b.connect(&user), b.connect(&user));
+        let key = format!("user_servers:{user}");
+        assert_eq!(redis.cli(&["SISMEMBER", &key, "node-b"]), "1", "{user} routable after both upgrades");
+        assert_eq!(redis.cli(&["EXISTS", &format!("user_online:{user}:node-b")]), "1");
+        c1.close().await;
+        c2.close().await;
+    }
+    b.stop().await;
+}
+
+/// Sends `n` messages with ids, `gap` apart, and returns how long each took to be answered.
+async fn answer_times(client: &mut Client, to: &str, n: u64, gap: Duration) -> Vec<(Value, Duration)> {
+    let mut sent_at = HashMap::new();
+    let mut out = Vec::new();
+    for i in 0..n {
+        sent_at.insert(i, Instant::now());
+        client.send(json!({"type":"chat_message","receiverID":to,"payload":i,"id":i})).await;
+        // Collect whatever answers arrived meanwhile.
+        let until = Instant::now() + gap;
+        while let Some(f) = client.try_recv(until.saturating_duration_since(Instant::now())).await {
+            let id = f["id"].as_u64().unwrap();
+            out.push((f, sent_at[&id].elapsed()));
+        }
+    }
+    while out.len() < n as usize {
+        let f = client.try_recv(ANSWER_BOUND * 2).await.expect("every send is answered");
+        let id = f["id"].as_u64().unwrap();
+        out.push((f, sent_at[&id].elapsed()));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_stalled_redis_never_stalls_the_node() {
+    let redis = RedisServer::start();
+    let a = TestNode::start("node-a", Some(redis.config())).await;
+    let b = TestNode::start("node-b", Some(redis.config())).await;
+    let mut alice = a.connect("alice").await;
+    let mut carol = a.connect("carol").await;
+    let _bob = b.connect("bob").await;
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "6000", "ALL"]), "OK");
+    let paused = Instant::now();
+
+    // Remote sends: each answered within the bound (unavailable, or an ack), never queued behind
+    // one another.
+    let answers = answer_times(&mut alice, "bob", 5, Duration::from_millis(400)).await;
+    for (frame, took) in &answers {
+        assert!(*took < ANSWER_BOUND, "answered in {took:?}: {frame}");
+        assert!(frame["type"] == "error" && frame["code"] == "unavailable" || frame["type"] == "ack", "{frame}");
+    }
+    assert!(answers.iter().any(|(f, _)| f["code"] == "unavailable"), "a stall is reported: {answers:?}");
+    // Local delivery is unaffected.
+    alice.send(json!({"type":"chat_message","receiverID":"carol","payload":"local"})).await;
+    let got = tokio::time::timeout(Duration::from_millis(500), carol.recv()).await.expect("local delivery during the stall");
+    assert_eq!(got["payload"], "local");
+    // A new connection is answered promptly.
+    let t = Instant::now();
+    let _dave = a.connect("dave").await;
+    assert!(t.elapsed() < Duration::from_secs(2), "upgrade during the stall took {:?}", t.elapsed());
+    assert!(paused.elapsed() < Duration::from_secs(6), "the checks ran inside the pause");
+
+    // After the pause: delivery recovers, and dave's route, written late, is there.
+    let r = &redis;
+    eventually(Duration::from_secs(10), "dave's route written after the stall", || async move {
+        r.cli(&["SISMEMBER", "user_servers:dave", "node-a"]) == "1"
+    })
+    .await;
+    let mut n = 100;
+    loop {
+        alice.send(json!({"type":"chat_message","receiverID":"bob","payload":n,"id":n})).await;
+        if alice.recv().await["type"] == "ack" {
+            break;
+        }
+        assert!(paused.elapsed() < Duration::from_secs(6 + 5), "traffic did not recover within 5 s of the pause");
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(a.metrics.route_registrations_delayed.get() >= 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn the_drain_is_bounded_while_redis_is_stalled() {
+    let redis = RedisServer::start();
+    let limits = wsctl::Limits { drain_timeout: Duration::from_secs(2), ..test_limits() };
+    let a = TestNode::start_with("node-a", Some(redis.config()), limits).await;
+    let mut bob = a.connect("bob").await;
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "10000", "ALL"]), "OK");
+    let t = Instant::now();
+    let stop = a.stop();
+    let ((_, closed), ()) = tokio::join!(bob.until_closed(Duration::from_secs(10)), stop);
+    assert_eq!(closed, Closed::Code(1012));
+    // drain_timeout, plus the broker's own shutdown bound.
+    assert!(t.elapsed() < Duration::from_secs(5), "drain took {:?}", t.elapsed());
+    redis.cli(&["CLIENT", "UNPAUSE"]);
+}
+
+#[tokio::test]
+async fn a_drain_under_traffic_loses_nothing_acked() {
+    let redis = RedisServer::start();
+    let a = TestNode::start("node-a", Some(redis.config())).await;
+    let b = TestNode::start("node-b", Some(redis.config())).await;
+    let mut bob = b.connect("bob").await;
+    let mut alice = a.connect("alice").await;
+    let bob_on_a = a.ws_url("bob");
+
+    // Alice sends steadily; node-b drains in the middle; bob reconnects to node-a on 1012.
+    let sender = tokio::spawn(async move {
+        let mut online = BTreeSet::new();
+        for n in 0..400u64 {
+            alice.send(json!({"type":"chat_message","receiverID":"bob","payload":n,"id":n})).await;
+            if n % 20 == 19 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let mut answered = 0;
+        while answered < 400 {
+            let f = alice.recv().await;
+            answered += 1;
+            if f["type"] == "ack" && f["online"] == true {
+                online.insert(f["id"].as_u64().unwrap());
+            }
+        }
+        online
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stop = tokio::spawn(b.stop());
+    let (mut got, closed) = bob.until_closed(Duration::from_secs(10)).await;
+    assert_eq!(closed, Closed::Code(1012));
+    let mut bob = Client::connect(&bob_on_a).await;
+    let acked_online = sender.await.unwrap();
+    stop.await.unwrap();
+    while let Some(f) = bob.try_recv(Duration::from_millis(500)).await {
+        got.push(f);
+    }
+    let delivered: BTreeSet<u64> = got.iter().filter_map(|f| f["payload"].as_u64()).collect();
+    let lost: Vec<&u64> = acked_online.difference(&delivered).collect();
+    assert!(lost.is_empty(), "acked online:true but never delivered: {lost:?} ({} acked online)", acked_online.len());
+    a.stop().await;
+}
+
+/// Sends one PUBLISH with raw bytes (not valid UTF-8) through RESP.
+fn publish_raw(port: u16, channel: &str, payload: &[u8]) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut cmd = format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n", channel.len(), payload.len()).into_bytes();
+    cmd.extend_from_slice(payload);
+    cmd.extend_from_slice(b"\r\n");
+    s.write_all(&cmd).unwrap();
+    let mut buf = [0u8; 64];
+    let _ = s.read(&mut buf).unwrap();
+}
+
+#[tokio::test]
+async fn an_envelope_with_invalid_utf8_is_dropped_alone() {
+    let redis = RedisServer::start();
+    let b = TestNode::start("node-b", Some(redis.config())).await;
+    let mut bob = b.connect("bob").await;
+    publish_raw(redis.port, "server:node-b", b"{\"receiverID\":\"bob\",\"type\":\"chat_message\",\"payload\":\"\xff\xfe\"}");
+    publish_raw(redis.port, "server:node-b", br#"{"receiverID":"bob","type":"chat_message","payload":"fine"}"#);
+    assert_eq!(bob.recv().await["payload"], "fine", "the next envelope arrives, on the same connection");
+    assert_eq!(b.metrics.broker_bad_envelopes.get(), 1);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_near_a_large_max_frame_reaches_every_receiver() {
+    let redis = RedisServer::start();
+    let limits = wsctl::Limits { max_frame: 2 << 20, send_queue_bytes: 8 << 20, ..test_limits() };
+    let a = TestNode::start_with("node-a", Some(redis.config()), limits.clone()).await;
+    let b = TestNode::start_with("node-b", Some(redis.config()), limits).await;
+    let mut bob_a = a.connect("bob").await;
+    let mut bob_b = b.connect("bob").await;
+    let mut alice = a.connect("alice").await;
+    let big = "x".repeat((1 << 20) + 100);
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":big,"id":1})).await;
+    assert_eq!(alice.recv().await, json!({"type":"ack","id":1,"online":true}));
+    assert_eq!(bob_a.recv().await["payload"].as_str().unwrap().len(), big.len(), "local receiver");
+    assert_eq!(bob_b.recv().await["payload"].as_str().unwrap().len(), big.len(), "remote receiver");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_with_constant_outbound_traffic_is_still_pinged() {
+    let limits = wsctl::Limits { ping_interval: Duration::from_millis(200), idle_timeout: Duration::from_secs(5), ..test_limits() };
+    let a = TestNode::start_with("node-a", None, limits).await;
+    let mut bob = a.connect("bob").await;
+    let mut alice = a.connect("alice").await;
+    let flood = tokio::spawn(async move {
+        for n in 0..20_000u32 {
+            alice.send(json!({"type":"chat_message","receiverID":"bob","payload":n})).await;
+        }
+        alice
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut chats = 0;
+    let pinged = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, futures_util::StreamExt::next(&mut bob.ws)).await {
+            Ok(Some(Ok(Message::Ping(_)))) => break true,
+            Ok(Some(Ok(Message::Text(_)))) => chats += 1,
+            Ok(Some(Ok(_))) => {}
+            _ => break false,
+        }
+    };
+    assert!(pinged, "no ping within 5 s while {chats} chat frames arrived");
+    assert!(chats > 0, "the ping came while traffic flowed");
+    drop(flood.await);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn limits_are_checked_by_the_library() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = wsctl::ServerConfig::embedded("x");
+    config.limits.send_queue = 0;
+    let err = wsctl::serve(listener, config, Default::default()).await.unwrap_err();
+    assert!(matches!(err, wsctl::ServerError::Limits(wsctl::LimitsError::SendQueue(0))), "{err}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = wsctl::ServerConfig::embedded("x");
+    config.limits.send_queue_bytes = 1000;
+    let err = wsctl::serve(listener, config, Default::default()).await.unwrap_err().to_string();
+    assert!(err.contains("1000"), "{err}");
+}
+
+#[tokio::test]
+async fn dead_routes_on_a_cluster_are_removed_without_stalling_senders() {
+    let cluster = RedisCluster::start();
+    let a = TestNode::start("node-a", Some(cluster.config())).await;
+    let b = TestNode::start("node-b", Some(cluster.config())).await;
+    let mut bob = b.connect("bob").await;
+    let mut alice = a.connect("alice").await;
+    // Many users whose node died: entries and presence keys left behind, no lease.
+    let c = &cluster.nodes[0];
+    for i in 0..200 {
+        let args = ["-c", "SADD", &format!("user_servers:ghost{i}"), "node-dead"];
+        c.cli(&args);
+    }
+    c.cli(&["-c", "SADD", "user_servers:bob", "node-dead"]);
+    for i in 0..200 {
+        alice.send(json!({"type":"chat_message","receiverID":format!("ghost{i}"),"payload":i,"id":i})).await;
+    }
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":"live","id":"bob"})).await;
+    let mut offline = 0;
+    for _ in 0..=200 {
+        let f = alice.recv().await;
+        if f["id"] == "bob" {
+            assert_eq!(f["online"], true);
+        } else {
+            assert_eq!(f["online"], false, "{f}");
+            offline += 1;
+        }
+    }
+    assert_eq!(offline, 200);
+    assert_eq!(bob.recv().await["payload"], "live");
+    assert_eq!(c.cli(&["-c", "SMEMBERS", "user_servers:bob"]), "node-b", "the dead entry beside the live one is gone");
+    assert_eq!(c.cli(&["-c", "EXISTS", "user_servers:ghost7"]), "0");
+    a.stop().await;
+    b.stop().await;
+}
