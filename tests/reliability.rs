@@ -333,3 +333,74 @@ async fn dead_routes_on_a_cluster_are_removed_without_stalling_senders() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A `wsctl serve` process (the real binary) on a free port; returns it and its address.
+fn spawn_node(id: &str, redis_url: &str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsctl"))
+        .args(["--log-format", "json", "serve", "--bind", "127.0.0.1", "--port", "0", "--server-id", id])
+        .env("REDIS_URI", redis_url)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("wsctl binary runs");
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("startup line").unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if v["message"].as_str().is_some_and(|m| m.contains("listening")) {
+            break v["address"].as_str().unwrap().to_string();
+        }
+    };
+    // Keep draining its log so the pipe never fills.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+#[tokio::test]
+async fn a_killed_nodes_users_are_offline_within_the_lease_ttl_and_purge_leaves_nothing() {
+    let redis = RedisServer::start();
+    let a = TestNode::start("node-a", Some(redis.config())).await;
+    let (mut child, addr_b) = spawn_node("node-b", &redis.url());
+    let mut bob = Client::connect(&format!("ws://{addr_b}/ws?userId=bob")).await;
+    let mut alice = a.connect("alice").await;
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":0,"id":0})).await;
+    assert_eq!(alice.recv().await["online"], true);
+    assert_eq!(bob.recv().await["payload"], 0);
+
+    child.kill().unwrap(); // SIGKILL: no drain, routes and presence keys left behind
+    child.wait().unwrap();
+    let killed = Instant::now();
+    let mut n = 1;
+    loop {
+        alice.send(json!({"type":"chat_message","receiverID":"bob","payload":n,"id":n})).await;
+        if alice.recv().await["online"] == false {
+            break;
+        }
+        let ttl = wsctl::routes::LEASE_TTL + Duration::from_secs(2);
+        assert!(killed.elapsed() < ttl, "bob still reported online {:?} after node-b died", killed.elapsed());
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("offline {:?} after SIGKILL", killed.elapsed());
+    assert_eq!(redis.cli(&["SISMEMBER", "user_servers:bob", "node-b"]), "0", "routing removed the dead entry");
+
+    // bob reconnects elsewhere (a `--reconnect` client) and is reachable again.
+    let mut bob = a.connect("bob").await;
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":"back","id":"back"})).await;
+    assert_eq!(alice.recv_ack().await["online"], true);
+    assert_eq!(bob.recv_chat().await["payload"], "back");
+
+    // Other users of the dead node: `routes purge --server` removes what routing has not.
+    redis.cli(&["SADD", "user_servers:quiet", "node-b"]);
+    let table = wsctl::routes::admin::RouteTable::connect(&redis.config()).await.unwrap();
+    let opts = wsctl::routes::admin::PurgeOptions { server: Some("node-b".into()), ..Default::default() };
+    let report = table.purge(&opts, &Default::default(), |_| {}).await.unwrap();
+    assert_eq!(report.removed, 1);
+    let left = redis.cli(&["--scan", "--pattern", "user_servers:*"]);
+    for key in left.lines() {
+        assert!(!redis.cli(&["SMEMBERS", key]).contains("node-b"), "{key} still names node-b");
+    }
+    a.stop().await;
+}
