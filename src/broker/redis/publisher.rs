@@ -111,15 +111,29 @@ impl Publisher {
         }
     }
 
-    /// Standalone: one EVALSHA (reloaded on NOSCRIPT, e.g. after a Redis restart).
+    /// Standalone: one EVALSHA. On NOSCRIPT (a Redis restarted empty) the script is loaded and the
+    /// call repeated; the arguments are built again then rather than cloned for every call.
     async fn route_by_script(&self, script: &Script, batch: &[PublishReq]) -> Result<Vec<u32>, fred::error::Error> {
-        let keys: Vec<String> = batch.iter().map(|r| routes::user_servers_key(&r.msg.receiver)).collect();
+        let (keys, args) = self.script_args(batch);
+        let live: Vec<i64> = match self.client.evalsha(script.sha1().clone(), keys, args).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                script.load(&self.client).await?;
+                let (keys, args) = self.script_args(batch);
+                self.client.evalsha(script.sha1().clone(), keys, args).await?
+            }
+            other => other?,
+        };
+        Ok(live.into_iter().map(|n| n.max(0) as u32).collect())
+    }
+
+    /// KEYS and ARGV of [`route_script`] for a batch.
+    fn script_args(&self, batch: &[PublishReq]) -> (Vec<String>, Vec<Value>) {
+        let keys = batch.iter().map(|r| routes::user_servers_key(&r.msg.receiver)).collect();
         let mut args: Vec<Value> = Vec::with_capacity(batch.len() + 2);
         args.push(Value::from(self.server_id.as_ref()));
         args.push(Value::from(if self.require_lease { "1" } else { "0" }));
         args.extend(batch.iter().map(|r| envelope_value(&r.msg)));
-        let live: Vec<i64> = script.evalsha_with_reload(&self.client, keys, args).await?;
-        Ok(live.into_iter().map(|n| n.max(0) as u32).collect())
+        (keys, args)
     }
 
     /// Cluster: three pipelined round trips (route sets; presence and leases; publishes and
