@@ -15,6 +15,37 @@ use tokio_tungstenite::tungstenite::Message;
 /// The promise: every send with an `id` is answered within this, whatever Redis does.
 const ANSWER_BOUND: Duration = Duration::from_secs(3);
 
+/// The Redis a scenario runs on: standalone, or a 3-master Cluster.
+enum Fleet {
+    Standalone(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Fleet {
+    fn config(&self) -> wsctl::RedisConfig {
+        match self {
+            Fleet::Standalone(r) => r.config(),
+            Fleet::Cluster(c) => c.config(),
+        }
+    }
+    /// A redis-cli command (following Cluster redirections).
+    fn cli(&self, args: &[&str]) -> String {
+        match self {
+            Fleet::Standalone(r) => r.cli(args),
+            Fleet::Cluster(c) => c.nodes[0].cli(&[&["-c"], args].concat()),
+        }
+    }
+    /// `CLIENT PAUSE <ms> ALL` on every Redis process.
+    fn pause(&self, ms: u64) {
+        let ms = ms.to_string();
+        let args = ["CLIENT", "PAUSE", ms.as_str(), "ALL"];
+        match self {
+            Fleet::Standalone(r) => assert_eq!(r.cli(&args), "OK"),
+            Fleet::Cluster(c) => c.nodes.iter().for_each(|n| assert_eq!(n.cli(&args), "OK")),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_route_to_a_node_without_a_lease_is_dead_and_the_ack_says_offline() {
     let redis = RedisServer::start();
@@ -106,13 +137,21 @@ async fn answer_times(client: &mut Client, to: &str, n: u64, gap: Duration) -> V
 
 #[tokio::test]
 async fn a_stalled_redis_never_stalls_the_node() {
-    let redis = RedisServer::start();
+    stalled_redis(Fleet::Standalone(RedisServer::start())).await;
+}
+
+#[tokio::test]
+async fn a_stalled_cluster_never_stalls_the_node() {
+    stalled_redis(Fleet::Cluster(RedisCluster::start())).await;
+}
+
+async fn stalled_redis(redis: Fleet) {
     let a = TestNode::start("node-a", Some(redis.config())).await;
     let b = TestNode::start("node-b", Some(redis.config())).await;
     let mut alice = a.connect("alice").await;
     let mut carol = a.connect("carol").await;
     let _bob = b.connect("bob").await;
-    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "6000", "ALL"]), "OK");
+    redis.pause(6000);
     let paused = Instant::now();
 
     // Remote sends: each answered within the bound (unavailable, or an ack), never queued behind
@@ -172,7 +211,15 @@ async fn the_drain_is_bounded_while_redis_is_stalled() {
 
 #[tokio::test]
 async fn a_drain_under_traffic_loses_nothing_acked() {
-    let redis = RedisServer::start();
+    drain_under_traffic(Fleet::Standalone(RedisServer::start())).await;
+}
+
+#[tokio::test]
+async fn a_drain_under_traffic_on_a_cluster_loses_nothing_acked() {
+    drain_under_traffic(Fleet::Cluster(RedisCluster::start())).await;
+}
+
+async fn drain_under_traffic(redis: Fleet) {
     let a = TestNode::start("node-a", Some(redis.config())).await;
     let b = TestNode::start("node-b", Some(redis.config())).await;
     let mut bob = b.connect("bob").await;
