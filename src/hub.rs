@@ -127,6 +127,12 @@ impl SessionCtl {
     pub fn is_closed(&self) -> bool {
         self.reason.load(Ordering::Acquire) != 0
     }
+    /// Whether frames offered now are refused: closing for any reason but a drain, during which
+    /// the writer keeps writing until the session's last answers are out.
+    fn refuses(&self) -> bool {
+        let r = self.reason.load(Ordering::Acquire);
+        r != 0 && r != CloseReason::Draining as u8
+    }
     /// The writer took `n` bytes off the queue.
     pub fn dequeued(&self, n: usize) {
         self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
@@ -166,7 +172,7 @@ impl Outbox {
     /// Queues a frame without waiting. A full queue (frames or bytes) closes the session as a
     /// slow consumer.
     pub fn offer(&self, frame: Frame, metrics: &Metrics) -> Offer {
-        if self.ctl.is_closed() {
+        if self.ctl.refuses() {
             return Offer::Closed;
         }
         let len = frame.len();

@@ -451,3 +451,24 @@ async fn a_killed_nodes_users_are_offline_within_the_lease_ttl_and_purge_leaves_
     }
     a.stop().await;
 }
+
+#[tokio::test]
+async fn a_drain_answers_every_send_still_in_flight_before_1012() {
+    let redis = RedisServer::start();
+    let a = TestNode::start("node-a", Some(redis.config())).await;
+    let b = TestNode::start("node-b", Some(redis.config())).await;
+    let _bob = a.connect("bob").await;
+    let mut alice = b.connect("alice").await;
+    // Redis holds the routing batch: alice's sends are in flight when node-b starts draining.
+    redis.cli(&["CLIENT", "PAUSE", "1500", "ALL"]);
+    for n in 0..10 {
+        alice.send(json!({"type":"chat_message","receiverID":"bob","payload":n,"id":n})).await;
+    }
+    let stop = tokio::spawn(b.stop());
+    let (frames, closed) = alice.until_closed(Duration::from_secs(15)).await;
+    assert_eq!(closed, Closed::Code(1012));
+    let answered: BTreeSet<u64> = frames.iter().filter_map(|f| f["id"].as_u64()).collect();
+    assert_eq!(answered, (0..10).collect(), "every send answered before the close: {frames:?}");
+    stop.await.unwrap();
+    a.stop().await;
+}

@@ -28,6 +28,9 @@ const WRITE_BATCH: usize = 64;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the closing handshake may take before the socket is dropped anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// On drain, how long the reader waits for its publishes' outcomes so that every send is answered
+/// before the 1012: a routing batch's deadline plus slack.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A connection's place in the hub and, through the broker, in the route table. Dropping it
 /// without [`Registration::release`] (a failed upgrade) still removes it.
@@ -88,6 +91,7 @@ pub(crate) async fn run(socket: WebSocket, reg: Registration, rx: mpsc::Receiver
         let seen = Arc::new(Activity::new());
         let writer = node.sessions.spawn(write_loop(sink, rx, ctl.clone(), seen.clone(), node.limits.clone()).in_current_span());
         let end = read_loop(&mut stream, &reg, &ctl, &seen).await;
+        seen.reader_done.cancel();
         ctl.close_with(end);
         let reason = ctl.reason().unwrap_or(end);
         if reason.is_unexpected() {
@@ -117,7 +121,13 @@ async fn read_loop(stream: &mut SplitStream<WebSocket>, reg: &Registration, ctl:
     loop {
         let next = tokio::select! {
             biased;
-            _ = &mut closed => return ctl.reason().unwrap_or(CloseReason::PeerGone),
+            _ = &mut closed => {
+                let reason = ctl.reason().unwrap_or(CloseReason::PeerGone);
+                if reason == CloseReason::Draining {
+                    settle(reg, &mut inflight).await;
+                }
+                return reason;
+            }
             Some(done) = inflight.next(), if !inflight.is_empty() => {
                 answer(reg, done);
                 continue;
@@ -141,6 +151,16 @@ async fn read_loop(stream: &mut SplitStream<WebSocket>, reg: &Registration, ctl:
         };
         inflight.extend(sent);
     }
+}
+
+/// Drain: answers the publishes still awaiting their outcome (bounded by [`SETTLE_TIMEOUT`]).
+async fn settle(reg: &Registration, inflight: &mut FuturesOrdered<InFlight>) {
+    let _ = tokio::time::timeout(SETTLE_TIMEOUT, async {
+        while let Some(done) = inflight.next().await {
+            answer(reg, done);
+        }
+    })
+    .await;
 }
 
 /// A publish of this connection awaiting its outcome, with what the answer needs.
@@ -189,14 +209,16 @@ fn answer(reg: &Registration, (id, local, result): (Option<Box<RawValue>>, usize
 
 /// When the peer last sent anything, in milliseconds since the session started. Written by the
 /// reader on every frame (a relaxed store), read by the writer at each ping: no timer per frame.
+/// Also carries the reader's end, which the writer waits for on drain.
 struct Activity {
     start: tokio::time::Instant,
     last_ms: std::sync::atomic::AtomicU64,
+    reader_done: tokio_util::sync::CancellationToken,
 }
 
 impl Activity {
     fn new() -> Self {
-        Activity { start: tokio::time::Instant::now(), last_ms: Default::default() }
+        Activity { start: tokio::time::Instant::now(), last_ms: Default::default(), reader_done: Default::default() }
     }
     fn stamp(&self) {
         self.last_ms.store(self.start.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -348,6 +370,11 @@ async fn write_loop(
     let Some(reason) = ctl.reason() else { return };
     match reason.close_frame() {
         Some((code, why)) => {
+            // On drain the reader first answers its publishes still in flight: keep writing
+            // until it is done (bounded), then flush what is queued.
+            if reason == CloseReason::Draining && !write_until(&mut sink, &mut rx, &mut batch, &ctl, &seen.reader_done).await {
+                return;
+            }
             // Nothing already queued is lost on drain; an error frame queued just before a
             // protocol close explains it.
             if reason.flushes_queue() {
@@ -367,6 +394,32 @@ async fn write_loop(
         // closing handshake completes (RFC 6455 5.5.1).
         None => {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+        }
+    }
+}
+
+/// Writes queued frames until `done` fires (or [`SETTLE_TIMEOUT`] passes). False if the socket
+/// broke.
+async fn write_until(
+    sink: &mut SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Frame>,
+    batch: &mut Vec<Frame>,
+    ctl: &SessionCtl,
+    done: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return true,
+            _ = tokio::time::sleep_until(deadline) => return true,
+            n = rx.recv_many(batch, WRITE_BATCH) => {
+                if n == 0 {
+                    return true;
+                }
+                if write_batch(sink, batch, ctl).await.is_err() {
+                    return false;
+                }
+            }
         }
     }
 }
