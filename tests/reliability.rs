@@ -293,7 +293,8 @@ async fn a_message_near_a_large_max_frame_reaches_every_receiver() {
     let mut bob_a = a.connect("bob").await;
     let mut bob_b = b.connect("bob").await;
     let mut alice = a.connect("alice").await;
-    let big = "x".repeat((1 << 20) + 100);
+    // Over the old fixed cap (4 KiB + 1,024 x 1 KiB), under this node's 2 MiB frame limit.
+    let big = "x".repeat(3 << 19);
     alice.send(json!({"type":"chat_message","receiverID":"bob","payload":big,"id":1})).await;
     assert_eq!(alice.recv().await, json!({"type":"ack","id":1,"online":true}));
     assert_eq!(bob_a.recv().await["payload"].as_str().unwrap().len(), big.len(), "local receiver");
