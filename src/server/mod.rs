@@ -2,7 +2,7 @@
 //! hub, broker and metrics together, and the drain on shutdown. The server takes a bound listener
 //! and a cancellation token; it never binds a port itself.
 
-mod api;
+pub mod api;
 mod session;
 
 use std::collections::HashMap;
