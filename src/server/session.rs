@@ -203,6 +203,10 @@ fn answer(reg: &Registration, (id, local, kind, result): (Option<Box<RawValue>>,
         Err(PublishError::Overloaded) => {
             FrameError::new(ErrorCode::Overloaded, "node overloaded: message not sent to other nodes, retry later")
         }
+        Err(PublishError::Unavailable) if kind == Answer::Plain => FrameError::new(
+            ErrorCode::Unavailable,
+            "joined on this node; Redis did not confirm the room subscription, so messages from other nodes may not arrive until it does",
+        ),
         Err(PublishError::Unavailable) => FrameError::new(
             ErrorCode::Unavailable,
             format!("delivered to {local} connection(s) on this node; other nodes unreachable (Redis unavailable)"),
