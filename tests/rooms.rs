@@ -227,3 +227,44 @@ async fn each_room_limit_has_its_error_code() {
     assert_eq!(d.recv().await, json!({"type":"ack","id":9,"members":1,"nodes":0}));
     a.stop().await;
 }
+
+#[tokio::test]
+async fn joins_racing_leaves_leave_the_subscription_matching_the_members() {
+    let redis = RedisServer::start();
+    let a = TestNode::start("node-a", Some(redis.config())).await;
+    let b = TestNode::start("node-b", Some(redis.config())).await;
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    join(&mut bob, "race", 0).await;
+    // Joins and leaves without waiting for answers: the subscription task sees them coalesced.
+    for _ in 0..50 {
+        alice.send(json!({"type":"join","room":"race"})).await;
+        alice.send(json!({"type":"leave","room":"race"})).await;
+    }
+    join(&mut alice, "race", 1).await;
+    bob.send(json!({"type":"room_message","room":"race","payload":"in","id":2})).await;
+    assert_eq!(recv_room(&mut alice).await["payload"], "in");
+    assert_eq!(bob.recv().await, json!({"type":"ack","id":2,"members":0,"nodes":1}));
+    for _ in 0..50 {
+        alice.send(json!({"type":"leave","room":"race"})).await;
+        alice.send(json!({"type":"join","room":"race"})).await;
+    }
+    alice.send(json!({"type":"leave","room":"race","id":3})).await;
+    // Skip the not_member errors of the leaves that found alice outside the room.
+    loop {
+        let f = alice.recv().await;
+        if f["type"] == "ack" {
+            assert_eq!(f["id"], 3);
+            break;
+        }
+    }
+    let r = &redis;
+    eventually(RECV_TIMEOUT, "only node-b subscribed", || async move {
+        r.cli(&["PUBSUB", "NUMSUB", "room:race"]).lines().nth(1) == Some("1")
+    })
+    .await;
+    bob.send(json!({"type":"room_message","room":"race","payload":"out","id":4})).await;
+    assert_eq!(bob.recv().await, json!({"type":"ack","id":4,"members":0,"nodes":0}));
+    a.stop().await;
+    b.stop().await;
+}
