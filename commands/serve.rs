@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// On SIGTERM, how long connections get to flush and close.
     #[arg(long, env = "WSS_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Turns on the HTTP API for backends (/api/publish, /api/publish/batch, /api/presence/{user},
+    /// /api/rooms/{room}); callers send `Authorization: Bearer <key>`. Without it the API is off (404).
+    #[arg(long, env = "WSS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Also serve GET /metrics (Prometheus text) on this address, e.g. 127.0.0.1:9090, to keep
     /// scrapes off the client port. /metrics on the main port stays available.
     #[arg(long, env = "WSS_METRICS_ADDR", help_heading = "Metrics")]
@@ -108,6 +112,7 @@ impl ServeArgs {
             limits,
             advertise: self.advertise.clone(),
             require_lease: !self.mixed_fleet,
+            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
         })
     }
 }

@@ -45,10 +45,12 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l redis-password -d 
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l pubsub -d 'Pub/sub on a Cluster: sharded (SPUBLISH/SSUBSCRIBE, Redis 7+) or classic (PUBLISH, copied to every shard; needed while Go nodes share the Cluster). Ignored on standalone' -r -f -a "sharded\t''
 classic\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l send-queue -d 'Frames queued per connection before it is closed as a slow consumer (4008)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l send-queue-bytes -d 'Bytes queued per connection before it is closed as a slow consumer (4008)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l max-frame -d 'Largest frame a client may send, bytes (larger: error `too_large`, close 1009)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l ping-interval -d 'Interval between server pings' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l idle-timeout -d 'Close a connection silent (no frame, pong or heartbeat) for this long (1001)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l drain-timeout -d 'On SIGTERM, how long connections get to flush and close' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l api-key -d 'Turns on the HTTP API for backends (/api/publish, /api/publish/batch, /api/presence/{user}, /api/rooms/{room}); callers send `Authorization: Bearer <key>`. Without it the API is off (404)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l metrics-addr -d 'Also serve GET /metrics (Prometheus text) on this address, e.g. 127.0.0.1:9090, to keep scrapes off the client port. /metrics on the main port stays available' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch-namespace -d 'CloudWatch namespace' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch-interval -d 'How often to push (each push carries that interval\'s counts; below 60s uses high-resolution storage, which CloudWatch bills more for)' -r
@@ -58,6 +60,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l log-format -d 'Log
 json\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l redis-cluster -d 'Treat the URL\'s host(s) as Redis Cluster seed nodes even with a plain redis:// scheme'
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l mixed-fleet -d 'Go nodes (which write no `server_alive` lease) share this Redis: do not treat a route to a node without a lease as dead. Leave off otherwise: with it, a crashed node\'s users stay "online" until their presence keys expire (60 s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch -d 'Push metrics to CloudWatch (namespace, ServerID dimension, one push per interval). Credentials and region come from the AWS config chain (AWS_* variables, profile, role)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -s V -l version -d 'Print version'

@@ -262,6 +262,11 @@ impl Hub {
         self.shard(user).contains_key(user)
     }
 
+    /// The user's connections on this node.
+    pub fn count(&self, user: &str) -> usize {
+        self.shard(user).get(user).map_or(0, Vec::len)
+    }
+
     /// Queues `frame` to every session of `user` except `except`. Returns how many took it.
     pub fn deliver(&self, user: &str, frame: &Frame, except: Option<Uuid>) -> usize {
         let shard = self.shard(user);

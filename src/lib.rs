@@ -8,6 +8,7 @@
 //!   ([`RedisBroker`], standalone or Cluster).
 //! - [`redis`]: connecting to Redis the same way for every subcommand.
 //! - [`routes`]: the route-table keys, TTLs and lease shared by `serve` and `routes`.
+//! - [`rooms`]: this node's room members, with the caps on rooms and members.
 //! - [`server`]: the axum router, sessions (reader + writer task) and drain.
 //! - [`metrics`]: a node's metrics registry.
 
@@ -17,11 +18,13 @@ pub mod load;
 pub mod metrics;
 pub mod protocol;
 pub mod redis;
+pub mod rooms;
 pub mod routes;
 pub mod server;
 
 pub use broker::{Broker, MemoryBroker, RedisBroker};
 pub use hub::Hub;
+pub use rooms::{RoomLimits, Rooms};
 pub use metrics::Metrics;
 pub use redis::{PubsubMode, RedisConfig};
 pub use server::{serve, Limits, LimitsError, ServerConfig, ServerError};

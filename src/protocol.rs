@@ -22,6 +22,14 @@ pub const TYPE_CHAT: &str = "chat_message";
 pub const TYPE_LATENCY: &str = "latency_report";
 /// Keeps the connection and its presence (`user_online`) alive (spec Part B).
 pub const TYPE_HEARTBEAT: &str = "heartbeat";
+/// Joins a room (spec Part B, docs/rooms.md).
+pub const TYPE_JOIN: &str = "join";
+/// Leaves a room.
+pub const TYPE_LEAVE: &str = "leave";
+/// A message to every member of a room, on every node, the sending connection excluded.
+pub const TYPE_ROOM_MESSAGE: &str = "room_message";
+/// Server frame announcing a history replay's end (reserved: backends may not publish it).
+pub const TYPE_RECOVERY: &str = "recovery";
 /// Server answer to a client frame that carried an `id`.
 pub const TYPE_ACK: &str = "ack";
 /// Server answer to a bad or failed client frame.
@@ -73,6 +81,14 @@ pub enum ErrorCode {
     Unavailable,
     /// The node's internal queue towards the broker is full: try again later.
     Overloaded,
+    /// A missing room name, or one too long or with characters outside `[A-Za-z0-9_.:@-]`.
+    BadRoom,
+    /// A join past the rooms-per-connection cap.
+    TooManyRooms,
+    /// A join past the connections-per-room cap on this node.
+    RoomFull,
+    /// A `leave` or `room_message` for a room this connection has not joined.
+    NotMember,
 }
 
 impl ErrorCode {
@@ -89,6 +105,10 @@ impl ErrorCode {
             ErrorCode::BadPayload => "bad_payload",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::BadRoom => "bad_room",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::NotMember => "not_member",
         }
     }
 }
@@ -123,6 +143,8 @@ pub struct ClientFrame<'a> {
     pub payload: Option<&'a RawValue>,
     /// `receiverID`, matched case-insensitively.
     pub receiver: Option<Cow<'a, str>>,
+    /// `room`, for join, leave and room_message.
+    pub room: Option<Cow<'a, str>>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for ClientFrame<'a> {
@@ -144,6 +166,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for ClientFrame<'a> {
                         }
                         "id" => frame.id = Some(map.next_value()?),
                         "payload" => frame.payload = Some(map.next_value()?),
+                        "room" => frame.room = map.next_value::<Option<CowStr<'de>>>()?.map(|v| v.0),
                         k if k.eq_ignore_ascii_case("receiverid") => {
                             frame.receiver = map.next_value::<Option<CowStr<'de>>>()?.map(|v| v.0);
                         }
@@ -250,6 +273,31 @@ pub fn encode_envelope(kind: &str, payload: Option<&RawValue>, receiver: &str, s
     push_json_str(&mut out, timestamp);
     out.push(b'}');
     frame(out)
+}
+
+/// The envelope delivered to room members:
+/// `{"type":..,"room":..,"payload":..,"senderId":..,"timestamp":..}`.
+pub fn encode_room_envelope(kind: &str, room: &str, payload: Option<&RawValue>, sender: &str, timestamp: &str) -> Frame {
+    let payload = payload.map_or("null", RawValue::get);
+    let mut out = Vec::with_capacity(80 + kind.len() + room.len() + payload.len() + sender.len() + timestamp.len());
+    out.extend_from_slice(b"{\"type\":");
+    push_json_str(&mut out, kind);
+    out.extend_from_slice(b",\"room\":");
+    push_json_str(&mut out, room);
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(payload.as_bytes());
+    out.extend_from_slice(b",\"senderId\":");
+    push_json_str(&mut out, sender);
+    out.extend_from_slice(b",\"timestamp\":");
+    push_json_str(&mut out, timestamp);
+    out.push(b'}');
+    frame(out)
+}
+
+/// `{"type":"ack","id":..,"members":M,"nodes":N}` for a room message: `members` connections
+/// reached on this node, `nodes` other nodes subscribed to the room (docs/rooms.md).
+pub fn encode_room_ack(id: &RawValue, members: usize, nodes: u32) -> Frame {
+    frame(format!("{{\"type\":\"ack\",\"id\":{},\"members\":{members},\"nodes\":{nodes}}}", id.get()).into_bytes())
 }
 
 /// `{"type":"ack","id":..}` plus, for chat messages, `"online":bool` (whether any connection of

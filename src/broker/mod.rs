@@ -20,7 +20,10 @@ use tokio::sync::oneshot;
 use crate::protocol::Frame;
 
 pub use memory::MemoryBroker;
-pub use redis::{BrokerError, NodeInfo, RedisBroker, PUBLISH_QUEUE, ROUTE_QUEUE};
+pub use redis::{
+    room_channel, room_members_key, BrokerError, LookupError, NodeInfo, RedisBroker, LOOKUP_TIMEOUT, PUBLISH_QUEUE,
+    ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_PUBLISH_QUEUE, ROUTE_QUEUE,
+};
 
 /// A chat envelope on its way to the receiver's connections on other nodes.
 #[derive(Debug)]
@@ -137,6 +140,41 @@ impl Broker {
         match self {
             Broker::Memory(m) => m.publish(msg),
             Broker::Redis(b) => b.publish(msg),
+        }
+    }
+
+    /// Resolves once this node receives `room`'s messages from other nodes (after a local join):
+    /// `unavailable` if Redis did not confirm the subscription in time.
+    pub fn room_joined(&self, room: &str) -> Ticket {
+        match self {
+            Broker::Memory(_) => Ticket::ready(Ok(Routed::default())),
+            Broker::Redis(b) => b.room_joined(room),
+        }
+    }
+
+    /// Sends a room envelope to the room's members on other nodes (local members are served by
+    /// [`crate::rooms::Rooms`]). Never waits; `Routed::nodes` counts the other nodes subscribed.
+    pub fn publish_room(&self, room: &Arc<str>, envelope: &Frame) -> Ticket {
+        match self {
+            Broker::Memory(_) => Ticket::ready(Ok(Routed::default())),
+            Broker::Redis(b) => b.publish_room(room, envelope),
+        }
+    }
+
+    /// The other live nodes holding `user` (none without Redis).
+    pub async fn user_nodes(&self, user: &str) -> Result<Vec<String>, LookupError> {
+        match self {
+            Broker::Memory(_) => Ok(Vec::new()),
+            Broker::Redis(b) => b.user_nodes(user).await,
+        }
+    }
+
+    /// Member connections of `room` per live node, as each node last wrote them (none without
+    /// Redis).
+    pub async fn room_counts(&self, room: &str) -> Result<Vec<(String, u64)>, LookupError> {
+        match self {
+            Broker::Memory(_) => Ok(Vec::new()),
+            Broker::Redis(b) => b.room_counts(room).await,
         }
     }
 

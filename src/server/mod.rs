@@ -2,6 +2,7 @@
 //! hub, broker and metrics together, and the drain on shutdown. The server takes a bound listener
 //! and a cancellation token; it never binds a port itself.
 
+pub mod api;
 mod session;
 
 use std::collections::HashMap;
@@ -75,6 +76,8 @@ pub struct Limits {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Rooms per connection and connections per room ([`crate::rooms`]).
+    pub rooms: crate::rooms::RoomLimits,
 }
 
 impl Default for Limits {
@@ -88,6 +91,7 @@ impl Default for Limits {
             ping_interval: PING_INTERVAL,
             idle_timeout: IDLE_TIMEOUT,
             drain_timeout: DRAIN_TIMEOUT,
+            rooms: crate::rooms::RoomLimits::default(),
         }
     }
 }
@@ -162,12 +166,15 @@ pub struct ServerConfig {
     /// Treat a route to a node without a `server_alive` lease as dead (the default). Off only
     /// while Go nodes, which write no lease, share the Redis.
     pub require_lease: bool,
+    /// The key backends present to the HTTP API (`Authorization: Bearer`); `None` turns the API
+    /// off (its routes answer 404).
+    pub api_key: Option<String>,
 }
 
 impl ServerConfig {
     /// A single node with the in-process broker and default limits.
     pub fn embedded(server_id: impl Into<String>) -> Self {
-        ServerConfig { server_id: server_id.into(), redis: None, limits: Limits::default(), advertise: None, require_lease: true }
+        ServerConfig { server_id: server_id.into(), redis: None, limits: Limits::default(), advertise: None, require_lease: true, api_key: None }
     }
 }
 
@@ -189,6 +196,7 @@ pub enum ServerError {
 pub(crate) struct Node {
     pub(crate) id: Arc<str>,
     pub(crate) hub: Arc<Hub>,
+    pub(crate) rooms: Arc<crate::rooms::Rooms>,
     pub(crate) broker: Broker,
     pub(crate) metrics: Metrics,
     pub(crate) limits: Limits,
@@ -220,6 +228,7 @@ pub async fn serve_with_metrics(
     let local: SocketAddr = listener.local_addr()?;
     let address = config.advertise.clone().unwrap_or_else(|| local.to_string());
     let hub = Arc::new(Hub::new(metrics.clone()));
+    let rooms = Arc::new(crate::rooms::Rooms::new(config.limits.rooms, metrics.clone()));
     let server_id: Arc<str> = Arc::from(id.as_str());
     let broker = match &config.redis {
         None => Broker::Memory(MemoryBroker),
@@ -231,6 +240,7 @@ pub async fn serve_with_metrics(
                 metrics: metrics.clone(),
                 require_lease: config.require_lease,
                 max_envelope: config.limits.max_outgoing_frame(),
+                rooms: rooms.clone(),
             };
             Broker::Redis(RedisBroker::start(redis.clone(), info).await?)
         }
@@ -238,6 +248,7 @@ pub async fn serve_with_metrics(
     let node = Arc::new(Node {
         id: server_id,
         hub,
+        rooms,
         broker,
         metrics,
         limits: config.limits.clone(),
@@ -256,10 +267,14 @@ pub async fn serve_with_metrics(
         max_write_buffer = l.max_write_buffer(),
         ping_interval = ?l.ping_interval,
         idle_timeout = ?l.idle_timeout,
+        api = if config.api_key.is_some() { "on (/api/*, Bearer key)" } else { "off (no --api-key)" },
         "wsctl serve listening on ws://{local}/ws?userId=<id>"
     );
 
-    let app = router(node.clone());
+    let mut app = router(node.clone());
+    if let Some(key) = &config.api_key {
+        app = app.merge(api::router(node.clone(), key));
+    }
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let (served, deadline) = tokio::join!(server, drain(&node, &shutdown));
     served?;

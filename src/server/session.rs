@@ -2,6 +2,8 @@
 //! drains the bounded send queue in batches (one flush per batch, not per frame), and the
 //! registration that keeps the user routed while any of its connections is open.
 
+mod rooms;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -65,6 +67,7 @@ impl Registration {
     /// Removes the connection; the user's last connection here removes its route.
     fn release(mut self) {
         self.released = true;
+        self.node.rooms.leave_all(self.conn);
         if self.node.hub.remove(&self.user, self.conn) {
             self.node.broker.unregister(&self.user);
         }
@@ -73,6 +76,9 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        if !self.released {
+            self.node.rooms.leave_all(self.conn);
+        }
         if !self.released && self.node.hub.remove(&self.user, self.conn) {
             self.node.broker.unregister(&self.user);
         }
@@ -163,28 +169,47 @@ async fn settle(reg: &Registration, inflight: &mut FuturesOrdered<InFlight>) {
     .await;
 }
 
+/// Which ack a publish gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// `online`: whether the receiver was found.
+    Chat,
+    /// `members` and `nodes` (docs/rooms.md).
+    Room,
+    /// Just the id (a join, once subscribed).
+    Plain,
+}
+
 /// A publish of this connection awaiting its outcome, with what the answer needs.
 struct InFlight {
     id: Option<Box<RawValue>>,
-    /// Connections of the receiver reached on this node.
+    /// Connections of the receiver (or room members) reached on this node.
     local: usize,
     ticket: Ticket,
+    answer: Answer,
 }
 
 impl Future for InFlight {
-    type Output = (Option<Box<RawValue>>, usize, PublishResult);
+    type Output = (Option<Box<RawValue>>, usize, Answer, PublishResult);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let result = ready!(Pin::new(&mut self.ticket).poll(cx));
-        Poll::Ready((self.id.take(), self.local, result))
+        Poll::Ready((self.id.take(), self.local, self.answer, result))
     }
 }
 
 /// Answers a publish once its outcome is known: an ack if the client asked for one, an error
 /// frame (always) if other nodes could not be reached.
-fn answer(reg: &Registration, (id, local, result): (Option<Box<RawValue>>, usize, PublishResult)) {
+fn answer(reg: &Registration, (id, local, kind, result): (Option<Box<RawValue>>, usize, Answer, PublishResult)) {
     let metrics = &reg.node.metrics;
     let err = match result {
+        Ok(routed) if kind != Answer::Chat => {
+            if let Some(id) = &id {
+                let ack = if kind == Answer::Room { protocol::encode_room_ack(id, local, routed.nodes) } else { protocol::encode_ack(id, None) };
+                reg.outbox.offer(ack, metrics);
+            }
+            return;
+        }
         Ok(routed) => {
             let online = local > 0 || routed.nodes > 0;
             if !online {
@@ -198,6 +223,10 @@ fn answer(reg: &Registration, (id, local, result): (Option<Box<RawValue>>, usize
         Err(PublishError::Overloaded) => {
             FrameError::new(ErrorCode::Overloaded, "node overloaded: message not sent to other nodes, retry later")
         }
+        Err(PublishError::Unavailable) if kind == Answer::Plain => FrameError::new(
+            ErrorCode::Unavailable,
+            "joined on this node; Redis did not confirm the room subscription, so messages from other nodes may not arrive until it does",
+        ),
         Err(PublishError::Unavailable) => FrameError::new(
             ErrorCode::Unavailable,
             format!("delivered to {local} connection(s) on this node; other nodes unreachable (Redis unavailable)"),
@@ -298,7 +327,7 @@ fn handle_frame(reg: &Registration, bytes: &[u8]) -> Option<InFlight> {
             // Local receivers first, straight from the hub; never echoed to this connection.
             let local = node.hub.deliver(&receiver, &envelope, Some(reg.conn));
             let ticket = node.broker.publish(Publish { receiver: Arc::from(receiver.as_ref()), envelope });
-            Some(InFlight { id: id.map(ToOwned::to_owned), local, ticket })
+            Some(InFlight { id: id.map(ToOwned::to_owned), local, ticket, answer: Answer::Chat })
         }
         protocol::TYPE_LATENCY => match protocol::parse_latency_ms(frame.payload) {
             Ok(ms) => {
@@ -317,6 +346,7 @@ fn handle_frame(reg: &Registration, bytes: &[u8]) -> Option<InFlight> {
             }
             None
         }
+        protocol::TYPE_JOIN | protocol::TYPE_LEAVE | protocol::TYPE_ROOM_MESSAGE => rooms::handle(reg, frame),
         other => fail(id, FrameError::new(ErrorCode::UnknownType, format!("unknown frame type {other:?}"))),
     }
 }

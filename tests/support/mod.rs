@@ -200,10 +200,16 @@ impl TestNode {
     }
 
     pub async fn start_with(id: &str, redis: Option<RedisConfig>, limits: Limits) -> TestNode {
+        Self::start_config(ServerConfig { redis, limits, ..ServerConfig::embedded(id) }).await
+    }
+
+    /// A node with any configuration (e.g. an API key).
+    pub async fn start_config(config: ServerConfig) -> TestNode {
         init_logs();
+        let id = config.server_id.clone();
+        let id = id.as_str();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = ServerConfig { redis, limits, ..ServerConfig::embedded(id) };
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new();
         let handle = tokio::spawn(wsctl::server::serve_with_metrics(listener, config, metrics.clone(), shutdown.clone()));

@@ -4,14 +4,19 @@
 //! - [`refresher`]: re-asserts every route and the lease on a timer, off the path of new
 //!   connections;
 //! - [`publisher`]: routes envelopes to the receivers' other nodes, in batches;
-//! - [`subscriber`]: delivers what arrives on this node's channel to the hub.
+//! - [`subscriber`]: delivers what arrives on this node's channel to the hub, and room channels'
+//!   messages to the room members;
+//! - [`rooms`]: room channel subscriptions (while a room has members here), room publishing and
+//!   per-node member counts; [`lookup`] answers the HTTP API's presence and room questions.
 //!
 //! Redis trouble never stalls the node: every wait has a deadline, and while Redis is known to be
 //! unreachable (`degraded`) sends are answered `unavailable` at once instead of queueing behind
 //! a stalled connection. A probe clears the state as soon as Redis answers again.
 
+mod lookup;
 mod publisher;
 mod refresher;
+mod rooms;
 mod subscriber;
 mod writer;
 
@@ -29,6 +34,7 @@ use tracing::{info, warn};
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::protocol::Frame;
 use crate::redis::{PubsubMode, RedisConfig, RedisConfigError};
 use crate::routes::{self, Lease};
 
@@ -36,7 +42,9 @@ use super::{Publish, PublishError, Registered, Ticket};
 use publisher::{PublishReq, Publisher};
 use writer::{RouteOp, RouteWriter};
 
+pub use lookup::{LookupError, LOOKUP_TIMEOUT};
 pub use publisher::PUBLISH_QUEUE;
+pub use rooms::{room_channel, room_members_key, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_PUBLISH_QUEUE};
 pub use writer::ROUTE_QUEUE;
 
 /// How long a new connection waits for Redis to confirm its route before its upgrade goes ahead
@@ -76,6 +84,8 @@ pub struct NodeInfo {
     pub require_lease: bool,
     /// Largest envelope from Redis worth delivering (what a client connection can be written).
     pub max_envelope: usize,
+    /// This node's room members.
+    pub rooms: Arc<crate::rooms::Rooms>,
 }
 
 /// Whether Redis is known to be unreachable, shared by the broker's tasks.
@@ -118,6 +128,8 @@ pub struct RedisBroker {
     tracker: TaskTracker,
     /// fred's re-subscriber task; aborted on shutdown.
     resubscriber: std::sync::Mutex<Option<JoinHandle<()>>>,
+    rooms: rooms::RoomChannels,
+    require_lease: bool,
 }
 
 impl RedisBroker {
@@ -133,6 +145,17 @@ impl RedisBroker {
 
         let (routes_tx, routes_rx) = mpsc::channel(ROUTE_QUEUE);
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (tracker, stop, health) = (TaskTracker::new(), CancellationToken::new(), Arc::new(Health::default()));
+        let room_setup = rooms::RoomSetup {
+            client: client.clone(),
+            subscriber: subscriber.clone(),
+            rooms: node.rooms.clone(),
+            server_id: node.server_id.clone(),
+            sharded,
+            health: health.clone(),
+            metrics: node.metrics.clone(),
+        };
+        let room_channels = rooms::RoomChannels::start(room_setup, &tracker, stop.clone());
         let broker = Arc::new(RedisBroker {
             server_id: node.server_id.clone(),
             client: client.clone(),
@@ -140,15 +163,17 @@ impl RedisBroker {
             sharded,
             routes_tx,
             publish_tx,
-            health: Arc::new(Health::default()),
+            health,
             metrics: node.metrics.clone(),
             fence_seen: Arc::new(tokio::sync::Notify::new()),
             // No receiverID: never delivered to anyone, recognised by its nonce.
             fence: format!("{{\"type\":\"wsctl_fence\",\"nonce\":\"{}\"}}", uuid::Uuid::new_v4()),
             stop_refresh: CancellationToken::new(),
-            stop: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            stop,
+            tracker,
             resubscriber: std::sync::Mutex::new(Some(resubscriber)),
+            rooms: room_channels,
+            require_lease: node.require_lease,
             config,
         });
         let started_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
@@ -170,6 +195,12 @@ impl RedisBroker {
             max_envelope: node.max_envelope,
             fence: broker.fence.clone(),
             fence_seen: broker.fence_seen.clone(),
+            rooms: rooms::RoomInbound {
+                rooms: node.rooms.clone(),
+                server_id: node.server_id.clone(),
+                metrics: node.metrics.clone(),
+                max_envelope: node.max_envelope,
+            },
         };
         broker.tracker.spawn(receiver.run(subscriber.message_rx(), broker.stop.clone()));
         let watch = Watch {
@@ -228,6 +259,26 @@ impl RedisBroker {
         }
     }
 
+    /// Resolves once this node is subscribed to `room`'s channel (after a local join).
+    pub fn room_joined(&self, room: &str) -> Ticket {
+        self.rooms.joined(room)
+    }
+
+    /// Publishes a room envelope to the other nodes with members; never waits.
+    pub fn publish_room(&self, room: &Arc<str>, envelope: &Frame) -> Ticket {
+        self.rooms.publish(room, envelope)
+    }
+
+    /// The live nodes holding `user`, from the route table (bounded by [`LOOKUP_TIMEOUT`]).
+    pub async fn user_nodes(&self, user: &str) -> Result<Vec<String>, LookupError> {
+        lookup::user_nodes(&self.client, user, self.require_lease).await
+    }
+
+    /// Member connections of `room` per live node, as the nodes last wrote them.
+    pub async fn room_counts(&self, room: &str) -> Result<Vec<(String, u64)>, LookupError> {
+        lookup::room_counts(&self.client, room).await
+    }
+
     pub fn is_ready(&self) -> bool {
         self.client.is_connected() && self.subscriber.is_connected() && !self.health.is_degraded()
     }
@@ -249,6 +300,7 @@ impl RedisBroker {
             self.routes_tx.send(RouteOp::Leave(tx)).await.ok()?;
             rx.await.ok()
         };
+        let _ = tokio::time::timeout_at(deadline, self.rooms.leave(&self.client)).await;
         if tokio::time::timeout_at(deadline, removed).await.ok().flatten().is_none() {
             warn!(server = %self.server_id, "drain: could not confirm route removal in time; `wsctl routes purge` cleans up");
             return;

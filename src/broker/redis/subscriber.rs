@@ -24,6 +24,8 @@ pub(crate) struct Receiver {
     /// This node's drain fence, and who waits for it.
     pub(crate) fence: String,
     pub(crate) fence_seen: Arc<Notify>,
+    /// Room channels' messages go there.
+    pub(crate) rooms: super::rooms::RoomInbound,
 }
 
 impl Receiver {
@@ -34,6 +36,7 @@ impl Receiver {
                 _ = stop.cancelled() => return,
             };
             match msg {
+                Ok(m) if self.rooms.handle(&m) => {}
                 Ok(m) => self.deliver(m.value),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     self.metrics.broker_lagged.inc_by(n);

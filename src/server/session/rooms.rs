@@ -1,0 +1,63 @@
+//! A session's room frames: join, leave and room_message. Local members are served straight from
+//! [`crate::rooms::Rooms`] (never through Redis); the broker carries the message to the other
+//! nodes with members, and the session answers once it knows where it went.
+
+use std::sync::Arc;
+
+use super::{Answer, InFlight, Registration};
+use crate::protocol::{self, ClientFrame, ErrorCode, FrameError};
+use crate::rooms::RoomError;
+
+/// Handles a join, leave or room_message frame (`frame.kind` is one of them).
+pub(super) fn handle(reg: &Registration, frame: ClientFrame<'_>) -> Option<InFlight> {
+    let node = &reg.node;
+    let id = frame.id;
+    let fail = |err: RoomError| {
+        reg.reject(id, &frame_error(err));
+        None
+    };
+    let Some(room) = frame.room.as_deref().filter(|r| crate::rooms::valid_name(r)) else {
+        return fail(RoomError::BadName);
+    };
+    match frame.kind.as_ref() {
+        protocol::TYPE_JOIN => {
+            if let Err(e) = node.rooms.join(room, reg.conn, &reg.outbox) {
+                return fail(e);
+            }
+            // Answered once this node receives the room's messages from other nodes.
+            let ticket = node.broker.room_joined(room);
+            Some(InFlight { id: id.map(ToOwned::to_owned), local: 0, ticket, answer: Answer::Plain })
+        }
+        protocol::TYPE_LEAVE => {
+            if let Err(e) = node.rooms.leave(room, reg.conn) {
+                return fail(e);
+            }
+            if let Some(id) = id {
+                reg.outbox.offer(protocol::encode_ack(id, None), &node.metrics);
+            }
+            None
+        }
+        _ => {
+            if !node.rooms.is_member(room, reg.conn) {
+                return fail(RoomError::NotMember);
+            }
+            node.metrics.messages.inc();
+            let ts = protocol::timestamp_now();
+            let envelope = protocol::encode_room_envelope(protocol::TYPE_ROOM_MESSAGE, room, frame.payload, &reg.user, &ts);
+            let local = node.rooms.deliver(room, &envelope, Some(reg.conn));
+            let ticket = node.broker.publish_room(&Arc::from(room), &envelope);
+            Some(InFlight { id: id.map(ToOwned::to_owned), local, ticket, answer: Answer::Room })
+        }
+    }
+}
+
+/// The wire error for a refused room operation.
+pub(crate) fn frame_error(err: RoomError) -> FrameError {
+    let code = match err {
+        RoomError::BadName => ErrorCode::BadRoom,
+        RoomError::TooManyRooms(_) => ErrorCode::TooManyRooms,
+        RoomError::Full(_) => ErrorCode::RoomFull,
+        RoomError::NotMember => ErrorCode::NotMember,
+    };
+    FrameError::new(code, err.to_string())
+}

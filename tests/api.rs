@@ -1,0 +1,186 @@
+//! The HTTP API for backends (docs/api.md) on real Redis, with real WebSocket clients receiving
+//! what it publishes.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use serde_json::{json, Value};
+use support::*;
+use wsctl::ServerConfig;
+
+const KEY: &str = "s3cret-key";
+
+/// One HTTP/1.1 request; returns the status and the body as JSON (Null if it is not JSON).
+async fn http(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    http(addr, "POST", path, Some(KEY), &body.to_string()).await
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    http(addr, "GET", path, Some(KEY), "").await
+}
+
+async fn node(id: &str, redis: Option<wsctl::RedisConfig>) -> TestNode {
+    TestNode::start_config(ServerConfig { redis, limits: test_limits(), api_key: Some(KEY.into()), ..ServerConfig::embedded(id) }).await
+}
+
+#[tokio::test]
+async fn the_key_is_required_and_without_one_the_api_is_off() {
+    let on = node("node-a", None).await;
+    let body = json!({"receiverID":"bob","type":"notification","payload":1}).to_string();
+    for key in [None, Some("wrong"), Some("s3cret-ke"), Some("s3cret-key2")] {
+        let (status, answer) = http(on.addr, "POST", "/api/publish", key, &body).await;
+        assert_eq!(status, 401, "{key:?}");
+        assert_eq!(answer["error"], "unauthorized");
+    }
+    assert_eq!(http(on.addr, "GET", "/api/presence/bob", None, "").await.0, 401);
+    assert_eq!(http(on.addr, "POST", "/api/publish", Some(KEY), &body).await.0, 200);
+    let off = TestNode::start("node-b", None).await;
+    assert_eq!(http(off.addr, "POST", "/api/publish", Some(KEY), &body).await.0, 404);
+    assert_eq!(http(off.addr, "GET", "/api/presence/bob", Some(KEY), "").await.0, 404);
+    on.stop().await;
+    off.stop().await;
+}
+
+async fn publish_to_other_nodes(config: wsctl::RedisConfig) {
+    let a = node("node-a", Some(config.clone())).await;
+    let b = node("node-b", Some(config)).await;
+    let mut bob = b.connect("bob").await;
+    let mut carol = b.connect("carol").await;
+    carol.send(json!({"type":"join","room":"quiz","id":1})).await;
+    assert_eq!(carol.recv().await["type"], "ack");
+
+    let (status, answer) = post(a.addr, "/api/publish", json!({"receiverID":"bob","type":"quiz_ready","payload":{"q":1}})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!({"receiverID":"bob","online":true,"local":0,"nodes":1}));
+    let got = bob.recv().await;
+    assert_eq!((got["type"].as_str(), got["senderId"].as_str(), &got["payload"]), (Some("quiz_ready"), Some("server"), &json!({"q":1})));
+
+    let (status, answer) = post(a.addr, "/api/publish", json!({"room":"quiz","type":"question","payload":"2+2?","senderId":"quizmaster"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!({"room":"quiz","local":0,"nodes":1}));
+    let got = carol.recv().await;
+    assert_eq!(got, json!({"type":"question","room":"quiz","payload":"2+2?","senderId":"quizmaster","timestamp":got["timestamp"]}));
+
+    let (_, answer) = post(a.addr, "/api/publish", json!({"receiverID":"nobody","type":"notification"})).await;
+    assert_eq!(answer["online"], false);
+
+    // A batch: answered in order, a bad message failing alone.
+    let batch = json!({"messages":[
+        {"receiverID":"bob","type":"n","payload":1},
+        {"receiverID":"bob","type":"ack","payload":2},
+        {"room":"quiz","type":"n","payload":3},
+        {"receiverID":"bob","type":"n","payload":4},
+    ]});
+    let (status, answer) = post(a.addr, "/api/publish/batch", batch).await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0]["online"], true);
+    assert_eq!(results[1]["error"], "forbidden_type");
+    assert_eq!(results[2]["nodes"], 1);
+    assert_eq!(results[3]["online"], true);
+    assert_eq!(bob.recv().await["payload"], 1);
+    assert_eq!(bob.recv().await["payload"], 4);
+    assert_eq!(carol.recv().await["payload"], 3);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn publish_api_reaches_a_user_and_a_room_on_another_node_on_standalone() {
+    let redis = RedisServer::start();
+    publish_to_other_nodes(redis.config()).await;
+}
+
+#[tokio::test]
+async fn publish_api_reaches_a_user_and_a_room_on_another_node_on_cluster() {
+    let cluster = RedisCluster::start();
+    publish_to_other_nodes(cluster.config()).await;
+}
+
+#[tokio::test]
+async fn presence_and_room_counts_follow_connects_and_disconnects() {
+    let redis = RedisServer::start();
+    let a = node("node-a", Some(redis.config())).await;
+    let b = node("node-b", Some(redis.config())).await;
+    let (_, p) = get(a.addr, "/api/presence/bob").await;
+    assert_eq!(p, json!({"user":"bob","online":false,"nodes":[]}));
+    let bob_a1 = a.connect("bob").await;
+    let bob_a2 = a.connect("bob").await;
+    let mut bob_b = b.connect("bob").await;
+    let (status, p) = get(a.addr, "/api/presence/bob").await;
+    assert_eq!(status, 200);
+    assert_eq!(p, json!({"user":"bob","online":true,"nodes":[{"server":"node-a","connections":2},{"server":"node-b","connections":null}]}));
+    let (_, p) = get(b.addr, "/api/presence/bob").await;
+    assert_eq!(p["nodes"], json!([{"server":"node-b","connections":1},{"server":"node-a","connections":null}]));
+    bob_a1.close().await;
+    bob_a2.close().await;
+    let addr = a.addr;
+    eventually(RECV_TIMEOUT, "node-a gone from bob's presence", || async move {
+        get(addr, "/api/presence/bob").await.1["nodes"] == json!([{"server":"node-b","connections":null}])
+    })
+    .await;
+
+    // Rooms: two members on node-b, one on node-a.
+    bob_b.send(json!({"type":"join","room":"lobby","id":1})).await;
+    assert_eq!(bob_b.recv().await["type"], "ack");
+    let mut x = b.connect("x").await;
+    x.send(json!({"type":"join","room":"lobby","id":1})).await;
+    assert_eq!(x.recv().await["type"], "ack");
+    let mut y = a.connect("y").await;
+    y.send(json!({"type":"join","room":"lobby","id":1})).await;
+    assert_eq!(y.recv().await["type"], "ack");
+    eventually(RECV_TIMEOUT, "room counts from both nodes", || async move {
+        get(addr, "/api/rooms/lobby").await.1
+            == json!({"room":"lobby","members":3,"nodes":[{"server":"node-a","members":1},{"server":"node-b","members":2}]})
+    })
+    .await;
+    x.close().await;
+    eventually(RECV_TIMEOUT, "x's disconnect counted", || async move { get(addr, "/api/rooms/lobby").await.1["members"] == 2 }).await;
+    assert_eq!(get(a.addr, "/api/rooms/bad%20name").await.0, 400);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn each_api_limit_is_refused_with_a_reason() {
+    let a = node("node-a", None).await;
+    let publish = |body: String| async move { http(a.addr, "POST", "/api/publish", Some(KEY), &body).await };
+    let (status, answer) = publish("{not json".into()).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("bad_json")));
+    let big = json!({"receiverID":"bob","type":"n","payload":"x".repeat(wsctl::server::api::API_MAX_BODY)}).to_string();
+    let (status, answer) = publish(big).await;
+    assert_eq!((status, answer["error"].as_str()), (413, Some("too_large")));
+    for forbidden in ["ack", "error", "recovery"] {
+        let (status, answer) = publish(json!({"receiverID":"bob","type":forbidden}).to_string()).await;
+        assert_eq!((status, answer["error"].as_str()), (400, Some("forbidden_type")));
+    }
+    let (status, answer) = publish(json!({"room":"a b","type":"n"}).to_string()).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("bad_room")));
+    let (status, answer) = publish(json!({"type":"n"}).to_string()).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("missing_target")));
+    let (status, answer) = publish(json!({"receiverID":"bob","room":"r","type":"n"}).to_string()).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("missing_target")));
+    let many: Vec<Value> = (0..=wsctl::server::api::API_MAX_BATCH).map(|i| json!({"receiverID":"bob","type":"n","payload":i})).collect();
+    let (status, answer) = post(a.addr, "/api/publish/batch", json!({ "messages": many })).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("too_many_messages")));
+    a.stop().await;
+}
