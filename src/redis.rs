@@ -77,15 +77,19 @@ impl fmt::Debug for RedisConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RedisConfigError {
-    #[error("invalid Redis URL {url:?} ({source}): expected redis://[user:pass@]host:port[/db], rediss:// for TLS, or redis-cluster://host:port; set REDIS_URI or --redis-uri")]
-    Url { url: String, source: fred::error::Error },
-    #[error("cannot reach Redis at {url} ({}): is it running, and is that its address? set REDIS_URI or --redis-uri (and REDIS_PASSWORD if it needs one)", reason(source))]
-    Connect { url: String, source: fred::error::Error },
+    #[error("invalid Redis URL {url:?} ({}): expected redis://[user:pass@]host:port[/db], rediss:// for TLS, or redis-cluster://host:port; set REDIS_URI or --redis-uri", reason(error))]
+    Url { url: String, error: fred::error::Error },
+    #[error("cannot reach Redis at {url} ({}): is it running, and is that its address? set REDIS_URI or --redis-uri (and REDIS_PASSWORD if it needs one)", reason(error))]
+    Connect { url: String, error: fred::error::Error },
 }
 
-/// The useful part of a fred connection error: "connection refused", not fred's kind prefix.
+/// The useful part of a fred error: "Connection refused", not fred's kind prefix or the Debug
+/// form of the io::Error it carries as text (`Os { code: 111, .., message: "Connection refused" }`).
 fn reason(e: &fred::error::Error) -> String {
     let details = e.details().trim();
+    if let Some((_, rest)) = details.split_once("message: \"") {
+        return rest.split('"').next().unwrap_or(rest).to_string();
+    }
     if details.is_empty() {
         e.to_string()
     } else {
@@ -142,7 +146,7 @@ impl RedisConfig {
     }
 
     fn fred_config(&self) -> Result<Config, RedisConfigError> {
-        let url_err = |source| RedisConfigError::Url { url: redact_url(&self.url), source };
+        let url_err = |error| RedisConfigError::Url { url: redact_url(&self.url), error };
         let mut config = if self.force_cluster {
             Config::from_url_clustered(&self.url).map_err(url_err)?
         } else {
@@ -202,8 +206,8 @@ impl RedisConfig {
         Ok(client)
     }
 
-    fn connect_err(&self, source: fred::error::Error) -> RedisConfigError {
-        RedisConfigError::Connect { url: redact_url(&self.url), source }
+    fn connect_err(&self, error: fred::error::Error) -> RedisConfigError {
+        RedisConfigError::Connect { url: redact_url(&self.url), error }
     }
 }
 

@@ -58,7 +58,7 @@ pub enum CloudWatchError {
     Credentials(String),
     #[error("no AWS region: pass one (--region / --cloudwatch-region) or set AWS_REGION")]
     NoRegion,
-    #[error("cannot reach CloudWatch at {endpoint}: {detail}")]
+    #[error("cannot reach CloudWatch at {endpoint} ({detail}): check the region (AWS_REGION, --region / --cloudwatch-region) and the network, or pass --endpoint for an emulator")]
     Unreachable { endpoint: String, detail: String },
     #[error("no metrics found in namespace {namespace:?}{}: is a node publishing there (wsctl serve --cloudwatch), and is the region right?", server.as_ref().map(|s| format!(" for ServerID {s:?}")).unwrap_or_default())]
     NoMetrics { namespace: String, server: Option<String> },
