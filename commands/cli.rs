@@ -1,15 +1,28 @@
 //! Command-line arguments for every subcommand (clap derive), shared argument groups (Redis
-//! connection), and `wsctl completions`.
+//! connection), `wsctl completions`, and the hidden `wsctl generate` that writes the checked-in
+//! man pages and completions.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use anyhow::Context;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
 
+/// `--version`: the package version and the git commit it was built from (build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("WSCTL_GIT_COMMIT"), ")");
+/// Shells whose completions are checked into completions/, with their file names.
+pub const COMPLETION_FILES: [(Shell, &str); 3] = [(Shell::Bash, "wsctl.bash"), (Shell::Zsh, "_wsctl"), (Shell::Fish, "wsctl.fish")];
+
 /// Non-sticky real-time WebSocket messaging over Redis: the server, a load generator, the
 /// route-table tool and a live metrics view, in one binary.
 #[derive(Debug, Parser)]
-#[command(name = "wsctl", version, about, long_about = None, propagate_version = true)]
+#[command(after_help = "Exit codes: 0 ok, 1 failure, 2 usage (bad flag or settings file), 99 a load threshold failed.\n\
+Examples:\n  wsctl serve --redis-uri redis://127.0.0.1:6379\n  wsctl load --spawn-local\n  \
+wsctl routes servers --redis-uri redis://127.0.0.1:6379\n  wsctl metrics tail --prometheus http://127.0.0.1:8081/metrics\n  \
+wsctl config default > wsctl.yaml")]
+#[command(name = "wsctl", version = VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// Log format on stderr: human-readable text, or one JSON object per line for log shippers.
     /// Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug).
@@ -39,8 +52,13 @@ pub enum Command {
     Routes(crate::routes::RoutesArgs),
     /// Watch the fleet's metrics live, from CloudWatch or the nodes' /metrics endpoints.
     Metrics(crate::metrics::MetricsArgs),
+    /// Settings files: print a complete default one, or check one.
+    Config(crate::config::ConfigArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
+    /// Write the man pages (DIR/man) and shell completions (DIR/completions) checked into the repo.
+    #[command(hide = true, after_help = "Examples:\n  cargo run -q -- generate .")]
+    Generate(GenerateArgs),
 }
 
 impl Command {
@@ -54,15 +72,97 @@ impl Command {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  wsctl completions bash > /etc/bash_completion.d/wsctl\n  \
+wsctl completions zsh > \"${fpath[1]}/_wsctl\"\n  wsctl completions fish > ~/.config/fish/completions/wsctl.fish")]
 pub struct CompletionsArgs {
     /// The shell to generate for.
     pub shell: Shell,
 }
 
+/// The command-line definition: [`Cli`]'s, with examples filled in for subcommands that have
+/// none of their own (from the example lines of their parent that name them, or, for a group,
+/// from its children's), so every `--help` ends with examples.
+pub fn command() -> clap::Command {
+    let cmd = Cli::command();
+    let root_examples = examples(&cmd);
+    fill_examples(cmd, "wsctl", &root_examples)
+}
+
+/// The example lines ("  wsctl ...") of a command's after-help.
+fn examples(cmd: &clap::Command) -> Vec<String> {
+    let text = cmd.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+    text.lines().skip_while(|l| !l.starts_with("Examples:")).skip(1).filter(|l| l.starts_with("  ")).map(str::to_string).collect()
+}
+
+fn fill_examples(cmd: clap::Command, path: &str, from_parent: &[String]) -> clap::Command {
+    let own = examples(&cmd);
+    let inherited: Vec<String> = from_parent.iter().filter(|l| l.contains(&format!("{path} ")) || l.ends_with(path)).cloned().collect();
+    let mut cmd = cmd;
+    if own.is_empty() {
+        let mut lines = inherited;
+        if lines.is_empty() {
+            for sub in cmd.get_subcommands() {
+                lines.extend(examples(sub).into_iter().take(2));
+            }
+        }
+        if !lines.is_empty() {
+            let before = cmd.get_after_help().map(|h| format!("{h}\n")).unwrap_or_default();
+            cmd = cmd.after_help(format!("{before}Examples:\n{}", lines.join("\n")));
+        }
+    }
+    let lines = examples(&cmd);
+    let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    for name in names {
+        let sub_path = format!("{path} {name}");
+        cmd = cmd.mut_subcommand(&name, |s| fill_examples(s, &sub_path, &lines));
+    }
+    cmd
+}
+
 pub fn completions(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
-    let mut cmd = Cli::command();
+    let mut cmd = command();
     clap_complete::generate(args.shell, &mut cmd, "wsctl", &mut std::io::stdout());
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// The repository root: writes DIR/man/*.1 and DIR/completions/*.
+    pub dir: PathBuf,
+}
+
+/// Writes one man page per (sub)command and the completions for [`COMPLETION_FILES`].
+pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let man = args.dir.join("man");
+    let completions = args.dir.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    // The commit would make every page stale at every commit: pages carry the version only.
+    let cmd = command().version(env!("CARGO_PKG_VERSION"));
+    write_man_pages(&cmd, "", &man)?;
+    for (shell, file) in COMPLETION_FILES {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut command(), "wsctl", &mut out);
+        write(&completions.join(file), &out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_man_pages(cmd: &clap::Command, prefix: &str, dir: &Path) -> anyhow::Result<()> {
+    let name = if prefix.is_empty() { cmd.get_name().to_string() } else { format!("{prefix}-{}", cmd.get_name()) };
+    let page = cmd.clone().name(&name).bin_name(name.replace('-', " "));
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page).render(&mut out)?;
+    write(&dir.join(format!("{name}.1")), &out)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man_pages(sub, &name, dir)?;
+    }
+    Ok(())
+}
+
+fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// How to reach Redis: shared by `serve` and `routes`, with the original server's variable names.

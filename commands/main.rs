@@ -1,8 +1,18 @@
-//! The `wsctl` binary: parses arguments, sets up logging, runs one subcommand, and maps the
-//! outcome to an exit code. Subcommands live one per file and stay thin: the work is in the
-//! `wsctl` library.
+//! The `wsctl` binary: parses arguments (with an optional settings file), sets up logging, runs
+//! one subcommand, and maps the outcome to an exit code. Subcommands live one per file and stay
+//! thin: the work is in the `wsctl` library.
+//!
+//! # Exit codes
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0    | success (also: stdout closed early, as in `wsctl routes list \| head`) |
+//! | 1    | failure: Redis, CloudWatch or a node unreachable, a drain that failed, a settings file with problems under `config check` |
+//! | 2    | usage: unknown flag, bad value, or a bad `--config` file (clap's own code) |
+//! | 99   | `wsctl load`: the run finished but an `--assert` threshold failed (`load::THRESHOLD_FAILED`): CI can tell "too slow" from "could not run" |
 
 mod cli;
+mod config;
 mod load;
 mod metrics;
 mod routes;
@@ -11,12 +21,23 @@ mod util;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use cli::Command;
 
-use cli::{Cli, Command};
+/// Exit code of a usage error: clap's, and ours for a bad settings file.
+pub const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let parsed = match config::parse() {
+        Ok(p) => p,
+        Err(err) => {
+            eprintln!("wsctl: {err:#}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if matches!(&parsed.cli.command, Command::Serve(a) if a.settings.print_config) {
+        return report(config::print_effective(&parsed));
+    }
+    let cli = parsed.cli;
     util::init_logging(cli.log_format, cli.command.default_log_level());
     let mut builder = match cli.threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -34,15 +55,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async move {
+    report(runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Load(args) => load::run(args).await,
             Command::Routes(args) => routes::run(args).await,
             Command::Metrics(args) => metrics::run(args).await,
+            Command::Config(args) => config::run(args),
             Command::Completions(args) => cli::completions(args),
+            Command::Generate(args) => cli::generate(args),
         }
-    });
+    }))
+}
+
+/// The exit code for a subcommand's outcome, printing the error chain on failure.
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {

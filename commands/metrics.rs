@@ -1,5 +1,5 @@
 //! `wsctl metrics tail`: a live table of the fleet, read from CloudWatch (GetMetricData) or
-//! scraped from the nodes' /metrics. The engine (wsctl::metrics::tail) returns snapshots; this
+//! scraped from the nodes' /metrics. The engine (wsctl::tail) returns snapshots; this
 //! file validates the flags and draws them: a redrawn table on a terminal, appended plain tables
 //! when piped, one JSON object per line with --json.
 
@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use comfy_table::{presets, CellAlignment, Table};
-use wsctl::metrics::cloudwatch::{self, ClientOptions, ReadQuery, Reader, DEFAULT_NAMESPACE};
-use wsctl::metrics::tail::{sparkline, CloudWatchTail, PrometheusTail, Row, TailSnapshot};
+use wsctl::metrics::cloudwatch::{self, ClientOptions, DEFAULT_NAMESPACE};
+use wsctl::tail::cloudwatch::{ReadQuery, Reader};
+use wsctl::tail::{CloudWatchTail, PrometheusTail, Row, TailSnapshot};
 
 use crate::util::parse_duration;
 
@@ -73,6 +74,8 @@ pub struct TailArgs {
     /// Stop after this many snapshots (default: until Ctrl-C).
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+    #[command(flatten)]
+    pub settings: crate::config::ConfigFileArgs,
 }
 
 enum Source {
@@ -111,7 +114,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
     }
     let mut source = if prometheus {
         for u in &args.prometheus {
-            if !u.starts_with("http://") {
+            if url::Url::parse(u).map_or(true, |p| p.scheme() != "http" || p.host_str().is_none()) {
                 anyhow::bail!("--prometheus wants http://host:port/metrics, got {u:?}");
             }
         }
@@ -227,4 +230,25 @@ fn table(snap: &TailSnapshot, live: bool) -> Table {
         }
     }
     t
+}
+
+/// Eight-level sparkline of `values` scaled to their maximum.
+fn sparkline(values: &[f64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = values.iter().copied().fold(0.0f64, f64::max);
+    values
+        .iter()
+        .map(|v| if max <= 0.0 { BARS[0] } else { BARS[((v / max) * 7.0).round().clamp(0.0, 7.0) as usize] })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparkline_scales() {
+        assert_eq!(sparkline(&[0.0, 1.0, 2.0]), "▁▅█");
+        assert_eq!(sparkline(&[0.0, 0.0]), "▁▁");
+    }
 }

@@ -25,7 +25,7 @@ const PROGRESS_TICK: Duration = Duration::from_millis(200);
 at a bounded rate (--rate).\n\
 Examples:\n  REDIS_URI=redis://127.0.0.1:6379 wsctl routes servers\n  \
 wsctl routes show alice\n  wsctl routes list --match 'bot-*' --stale-only --json | jq .\n  \
-wsctl routes purge --dry-run\n  wsctl routes purge --server node-7 --yes --rate 20000")]
+wsctl routes stats --json\n  wsctl routes purge --dry-run\n  wsctl routes purge --server node-7 --yes --rate 20000")]
 pub struct RoutesArgs {
     #[command(subcommand)]
     pub command: RoutesCommand,
@@ -55,6 +55,8 @@ pub struct CommonArgs {
     /// Print JSON on stdout instead of tables.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub settings: crate::config::ConfigFileArgs,
 }
 
 #[derive(Debug, Args)]

@@ -85,6 +85,8 @@ pub struct ServeArgs {
     /// A CloudWatch-compatible endpoint URL instead of AWS's (e.g. http://127.0.0.1:5000 for moto_server).
     #[arg(long, env = "WSS_CLOUDWATCH_ENDPOINT", help_heading = "Metrics")]
     pub cloudwatch_endpoint: Option<String>,
+    #[command(flatten)]
+    pub settings: crate::config::ServeConfigArgs,
 }
 
 impl ServeArgs {
@@ -140,10 +142,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
     let metrics = Metrics::new();
+    let mut metrics_server = None;
     if let Some(addr) = args.metrics_addr {
         let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
         info!(address = %addr, "serving /metrics");
-        tokio::spawn(serve_metrics(l, metrics.clone(), shutdown.clone()));
+        metrics_server = Some(tokio::spawn(serve_metrics(l, metrics.clone(), shutdown.clone())));
     }
     // The publisher is its own task: a slow or failing CloudWatch never holds up the server.
     let publisher = if args.cloudwatch {
@@ -161,6 +164,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let (Ok(p), true) = (p.await, served.is_ok()) {
             p.finish().await;
         }
+    }
+    if let Some(m) = metrics_server {
+        let _ = m.await;
     }
     served.context("serve")?;
     Ok(ExitCode::SUCCESS)

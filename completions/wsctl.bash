@@ -19,6 +19,12 @@ _wsctl() {
             wsctl,completions)
                 cmd="wsctl__subcmd__completions"
                 ;;
+            wsctl,config)
+                cmd="wsctl__subcmd__config"
+                ;;
+            wsctl,generate)
+                cmd="wsctl__subcmd__generate"
+                ;;
             wsctl,help)
                 cmd="wsctl__subcmd__help"
                 ;;
@@ -34,8 +40,32 @@ _wsctl() {
             wsctl,serve)
                 cmd="wsctl__subcmd__serve"
                 ;;
+            wsctl__subcmd__config,check)
+                cmd="wsctl__subcmd__config__subcmd__check"
+                ;;
+            wsctl__subcmd__config,default)
+                cmd="wsctl__subcmd__config__subcmd__default"
+                ;;
+            wsctl__subcmd__config,help)
+                cmd="wsctl__subcmd__config__subcmd__help"
+                ;;
+            wsctl__subcmd__config__subcmd__help,check)
+                cmd="wsctl__subcmd__config__subcmd__help__subcmd__check"
+                ;;
+            wsctl__subcmd__config__subcmd__help,default)
+                cmd="wsctl__subcmd__config__subcmd__help__subcmd__default"
+                ;;
+            wsctl__subcmd__config__subcmd__help,help)
+                cmd="wsctl__subcmd__config__subcmd__help__subcmd__help"
+                ;;
             wsctl__subcmd__help,completions)
                 cmd="wsctl__subcmd__help__subcmd__completions"
+                ;;
+            wsctl__subcmd__help,config)
+                cmd="wsctl__subcmd__help__subcmd__config"
+                ;;
+            wsctl__subcmd__help,generate)
+                cmd="wsctl__subcmd__help__subcmd__generate"
                 ;;
             wsctl__subcmd__help,help)
                 cmd="wsctl__subcmd__help__subcmd__help"
@@ -51,6 +81,12 @@ _wsctl() {
                 ;;
             wsctl__subcmd__help,serve)
                 cmd="wsctl__subcmd__help__subcmd__serve"
+                ;;
+            wsctl__subcmd__help__subcmd__config,check)
+                cmd="wsctl__subcmd__help__subcmd__config__subcmd__check"
+                ;;
+            wsctl__subcmd__help__subcmd__config,default)
+                cmd="wsctl__subcmd__help__subcmd__config__subcmd__default"
                 ;;
             wsctl__subcmd__help__subcmd__load,merge)
                 cmd="wsctl__subcmd__help__subcmd__load__subcmd__merge"
@@ -140,7 +176,7 @@ _wsctl() {
 
     case "${cmd}" in
         wsctl)
-            opts="-h -V --log-format --threads --help --version serve load routes metrics completions help"
+            opts="-h -V --log-format --threads --help --version serve load routes metrics config completions generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -183,8 +219,152 @@ _wsctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        wsctl__subcmd__config)
+            opts="-h -V --log-format --threads --help --version default check help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wsctl__subcmd__config__subcmd__check)
+            opts="-h -V --log-format --threads --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wsctl__subcmd__config__subcmd__default)
+            opts="-h -V --log-format --threads --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wsctl__subcmd__config__subcmd__help)
+            opts="default check help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wsctl__subcmd__config__subcmd__help__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wsctl__subcmd__config__subcmd__help__subcmd__default)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wsctl__subcmd__config__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wsctl__subcmd__generate)
+            opts="-h -V --log-format --threads --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         wsctl__subcmd__help)
-            opts="serve load routes metrics completions help"
+            opts="serve load routes metrics config completions generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -198,6 +378,62 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wsctl__subcmd__help__subcmd__config)
+            opts="default check"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wsctl__subcmd__help__subcmd__config__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wsctl__subcmd__help__subcmd__config__subcmd__default)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wsctl__subcmd__help__subcmd__generate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -626,7 +862,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__metrics__subcmd__tail)
-            opts="-h -V --prometheus --since --period --server --namespace --region --endpoint --once --json --count --log-format --threads --help --version"
+            opts="-h -V --prometheus --since --period --server --namespace --region --endpoint --once --json --count --config --log-format --threads --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -661,6 +897,10 @@ _wsctl() {
                     return 0
                     ;;
                 --count)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -800,7 +1040,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__routes__subcmd__list)
-            opts="-h -V --redis-uri --redis-cluster --redis-username --redis-password --pubsub --json --rate --match --stale-only --limit --log-format --threads --help --version"
+            opts="-h -V --redis-uri --redis-cluster --redis-username --redis-password --pubsub --json --config --rate --match --stale-only --limit --log-format --threads --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -820,6 +1060,10 @@ _wsctl() {
                     ;;
                 --pubsub)
                     COMPREPLY=($(compgen -W "sharded classic" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --rate)
@@ -850,7 +1094,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__routes__subcmd__purge)
-            opts="-y -h -V --redis-uri --redis-cluster --redis-username --redis-password --pubsub --json --rate --dry-run --server --yes --log-format --threads --help --version"
+            opts="-y -h -V --redis-uri --redis-cluster --redis-username --redis-password --pubsub --json --config --rate --dry-run --server --yes --log-format --threads --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -870,6 +1114,10 @@ _wsctl() {
                     ;;
                 --pubsub)
                     COMPREPLY=($(compgen -W "sharded classic" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --rate)
@@ -896,7 +1144,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__routes__subcmd__servers)
-            opts="-h -V --redis-uri --redis-cluster --redis-username --redis-password --pubsub --json --rate --log-format --threads --help --version"
+            opts="-h -V --redis-uri --redis-cluster --redis-username --redis-password --pubsub --json --config --rate --log-format --threads --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -916,6 +1164,10 @@ _wsctl() {
                     ;;
                 --pubsub)
                     COMPREPLY=($(compgen -W "sharded classic" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --rate)
@@ -938,7 +1190,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__routes__subcmd__show)
-            opts="-h -V --redis-uri --redis-cluster --redis-username --redis-password --pubsub --json --log-format --threads --help --version"
+            opts="-h -V --redis-uri --redis-cluster --redis-username --redis-password --pubsub --json --config --log-format --threads --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -958,6 +1210,10 @@ _wsctl() {
                     ;;
                 --pubsub)
                     COMPREPLY=($(compgen -W "sharded classic" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --log-format)
@@ -976,7 +1232,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__routes__subcmd__stats)
-            opts="-h -V --redis-uri --redis-cluster --redis-username --redis-password --pubsub --json --rate --log-format --threads --help --version"
+            opts="-h -V --redis-uri --redis-cluster --redis-username --redis-password --pubsub --json --config --rate --log-format --threads --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -996,6 +1252,10 @@ _wsctl() {
                     ;;
                 --pubsub)
                     COMPREPLY=($(compgen -W "sharded classic" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --rate)
@@ -1018,7 +1278,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__serve)
-            opts="-p -h -V --port --bind --server-id --advertise --redis-uri --redis-cluster --redis-username --redis-password --pubsub --send-queue --send-queue-bytes --mixed-fleet --max-frame --ping-interval --idle-timeout --drain-timeout --api-key --metrics-addr --cloudwatch --cloudwatch-namespace --cloudwatch-interval --cloudwatch-region --cloudwatch-endpoint --log-format --threads --help --version"
+            opts="-p -h -V --port --bind --server-id --advertise --redis-uri --redis-cluster --redis-username --redis-password --pubsub --send-queue --send-queue-bytes --mixed-fleet --max-frame --ping-interval --idle-timeout --drain-timeout --api-key --metrics-addr --cloudwatch --cloudwatch-namespace --cloudwatch-interval --cloudwatch-region --cloudwatch-endpoint --config --print-config --log-format --threads --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1105,6 +1365,10 @@ _wsctl() {
                     return 0
                     ;;
                 --cloudwatch-endpoint)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -33,7 +33,9 @@ complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "serve" -d 'Run a node: 
 complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "load" -d 'Simulate thousands of clients: connect, send, measure latency, audit delivery'
 complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "routes" -d 'Inspect and purge the Redis route table (user_servers:<user> sets)'
 complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "metrics" -d 'Watch the fleet\'s metrics live, from CloudWatch or the nodes\' /metrics endpoints'
+complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "config" -d 'Settings files: print a complete default one, or check one'
 complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
+complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "generate" -d 'Write the man pages (DIR/man) and shell completions (DIR/completions) checked into the repo'
 complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -s p -l port -d 'Port to listen on' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l bind -d 'Address to bind' -r
@@ -56,12 +58,14 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch-namespa
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch-interval -d 'How often to push (each push carries that interval\'s counts; below 60s uses high-resolution storage, which CloudWatch bills more for)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch-region -d 'AWS region (default: from AWS_REGION / the profile)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch-endpoint -d 'A CloudWatch-compatible endpoint URL instead of AWS\'s (e.g. http://127.0.0.1:5000 for moto_server)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l config -d 'YAML settings file: keys are this command\'s long flag names (`redis-uri: ...`). Flags and environment variables override it. `wsctl config default` prints a complete one' -r -F
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l redis-cluster -d 'Treat the URL\'s host(s) as Redis Cluster seed nodes even with a plain redis:// scheme'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l mixed-fleet -d 'Go nodes (which write no `server_alive` lease) share this Redis: do not treat a route to a node without a lease as dead. Leave off otherwise: with it, a crashed node\'s users stay "online" until their presence keys expire (60 s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch -d 'Push metrics to CloudWatch (namespace, ServerID dimension, one push per interval). Credentials and region come from the AWS config chain (AWS_* variables, profile, role)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l print-config -d 'Print the effective settings and where each came from (flag, env, file, default), with secrets redacted, then exit'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l profile -d 'YAML profile (see profiles/); flags given here override its values' -r -F
@@ -119,6 +123,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subc
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l redis-password -d 'ACL password (overrides the URL\'s)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l pubsub -d 'Pub/sub on a Cluster: sharded (SPUBLISH/SSUBSCRIBE, Redis 7+) or classic (PUBLISH, copied to every shard; needed while Go nodes share the Cluster). Ignored on standalone' -r -f -a "sharded\t''
 classic\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l config -d 'YAML settings file: keys are this command\'s long flag names (`redis-uri: ...`). Flags and environment variables override it. `wsctl config default` prints a complete one' -r -F
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l rate -d 'Keys walked per second at most ("5000" or "5000/s"), to spare a production Redis' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
@@ -132,6 +137,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subc
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l redis-password -d 'ACL password (overrides the URL\'s)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l pubsub -d 'Pub/sub on a Cluster: sharded (SPUBLISH/SSUBSCRIBE, Redis 7+) or classic (PUBLISH, copied to every shard; needed while Go nodes share the Cluster). Ignored on standalone' -r -f -a "sharded\t''
 classic\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l config -d 'YAML settings file: keys are this command\'s long flag names (`redis-uri: ...`). Flags and environment variables override it. `wsctl config default` prints a complete one' -r -F
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
@@ -144,6 +150,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subc
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l redis-password -d 'ACL password (overrides the URL\'s)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l pubsub -d 'Pub/sub on a Cluster: sharded (SPUBLISH/SSUBSCRIBE, Redis 7+) or classic (PUBLISH, copied to every shard; needed while Go nodes share the Cluster). Ignored on standalone' -r -f -a "sharded\t''
 classic\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l config -d 'YAML settings file: keys are this command\'s long flag names (`redis-uri: ...`). Flags and environment variables override it. `wsctl config default` prints a complete one' -r -F
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l rate -d 'Keys walked per second at most ("5000" or "5000/s"), to spare a production Redis' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l match -d 'Only users whose id matches this glob (Redis MATCH syntax: *, ?, [abc])' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l limit -d 'Stop after this many routes' -r
@@ -160,6 +167,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subc
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l redis-password -d 'ACL password (overrides the URL\'s)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l pubsub -d 'Pub/sub on a Cluster: sharded (SPUBLISH/SSUBSCRIBE, Redis 7+) or classic (PUBLISH, copied to every shard; needed while Go nodes share the Cluster). Ignored on standalone' -r -f -a "sharded\t''
 classic\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l config -d 'YAML settings file: keys are this command\'s long flag names (`redis-uri: ...`). Flags and environment variables override it. `wsctl config default` prints a complete one' -r -F
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l rate -d 'Keys walked per second at most ("5000" or "5000/s"), to spare a production Redis' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
@@ -173,6 +181,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subc
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l redis-password -d 'ACL password (overrides the URL\'s)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l pubsub -d 'Pub/sub on a Cluster: sharded (SPUBLISH/SSUBSCRIBE, Redis 7+) or classic (PUBLISH, copied to every shard; needed while Go nodes share the Cluster). Ignored on standalone' -r -f -a "sharded\t''
 classic\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l config -d 'YAML settings file: keys are this command\'s long flag names (`redis-uri: ...`). Flags and environment variables override it. `wsctl config default` prints a complete one' -r -F
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l rate -d 'Keys walked per second at most ("5000" or "5000/s"), to spare a production Redis' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l server -d 'Remove every route of this node, stale or not. Refused while its lease (server_alive:<ID>) exists, i.e. while the node is alive' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
@@ -205,6 +214,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_sub
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l region -d 'AWS region (default: from AWS_REGION / the profile; us-east-1 with --endpoint)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l endpoint -d 'A CloudWatch-compatible endpoint URL (e.g. moto_server) instead of AWS\'s' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l count -d 'Stop after this many snapshots (default: until Ctrl-C)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l config -d 'YAML settings file: keys are this command\'s long flag names (`redis-uri: ...`). Flags and environment variables override it. `wsctl config default` prints a complete one' -r -F
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
@@ -214,17 +224,45 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_sub
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from help" -f -a "tail" -d 'Watch the fleet live: one row per server and a fleet total, refreshed every period'
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and not __fish_seen_subcommand_from default check help" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
+json\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and not __fish_seen_subcommand_from default check help" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and not __fish_seen_subcommand_from default check help" -s h -l help -d 'Print help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and not __fish_seen_subcommand_from default check help" -s V -l version -d 'Print version'
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and not __fish_seen_subcommand_from default check help" -f -a "default" -d 'Print a settings file for `serve` with every setting, its default and its help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and not __fish_seen_subcommand_from default check help" -f -a "check" -d 'Check a settings file ("-" reads stdin): report every problem with its line and field'
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and not __fish_seen_subcommand_from default check help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from default" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
+json\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from default" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from default" -s h -l help -d 'Print help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from default" -s V -l version -d 'Print version'
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from check" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
+json\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from check" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from check" -s h -l help -d 'Print help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from check" -s V -l version -d 'Print version'
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "default" -d 'Print a settings file for `serve` with every setting, its default and its help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "check" -d 'Check a settings file ("-" reads stdin): report every problem with its line and field'
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand completions" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand completions" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics completions help" -f -a "serve" -d 'Run a node: WebSocket server, alone (in-process broker) or in a fleet sharing Redis'
-complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics completions help" -f -a "load" -d 'Simulate thousands of clients: connect, send, measure latency, audit delivery'
-complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics completions help" -f -a "routes" -d 'Inspect and purge the Redis route table (user_servers:<user> sets)'
-complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics completions help" -f -a "metrics" -d 'Watch the fleet\'s metrics live, from CloudWatch or the nodes\' /metrics endpoints'
-complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
-complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand generate" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
+json\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand generate" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand generate" -s h -l help -d 'Print help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand generate" -s V -l version -d 'Print version'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "serve" -d 'Run a node: WebSocket server, alone (in-process broker) or in a fleet sharing Redis'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "load" -d 'Simulate thousands of clients: connect, send, measure latency, audit delivery'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "routes" -d 'Inspect and purge the Redis route table (user_servers:<user> sets)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "metrics" -d 'Watch the fleet\'s metrics live, from CloudWatch or the nodes\' /metrics endpoints'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "config" -d 'Settings files: print a complete default one, or check one'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "generate" -d 'Write the man pages (DIR/man) and shell completions (DIR/completions) checked into the repo'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from load" -f -a "merge" -d 'Merge the JSON reports of several shards (--shard I/N) into one: histograms are added, so percentiles are those of all samples, not averages'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from routes" -f -a "servers" -d 'The nodes: from their server_alive leases and from the server ids in route sets, with live/dead, connections, address, version, age, and how many routes name them'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from routes" -f -a "show" -d 'Every route of one user, with its user_online TTL and whether its node is alive'
@@ -232,3 +270,5 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcom
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from routes" -f -a "stats" -d 'Totals: users routed, routes, stale routes, and per node'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from routes" -f -a "purge" -d 'Remove stale routes (entries whose user_online key is gone), or every route of a dead node (--server), without ever removing a live one; route sets left empty disappear'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from metrics" -f -a "tail" -d 'Watch the fleet live: one row per server and a fleet total, refreshed every period'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "default" -d 'Print a settings file for `serve` with every setting, its default and its help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "check" -d 'Check a settings file ("-" reads stdin): report every problem with its line and field'

@@ -7,10 +7,15 @@
 //! - [`broker`]: carrying envelopes between nodes: in-process ([`MemoryBroker`]) or Redis
 //!   ([`RedisBroker`], standalone or Cluster).
 //! - [`redis`]: connecting to Redis the same way for every subcommand.
-//! - [`routes`]: the route-table keys, TTLs and lease shared by `serve` and `routes`.
+//! - [`routes`]: the route-table keys, TTLs and node lease shared by `serve` and `routes`, and
+//!   [`routes::admin`], the SCAN-based walks and purge behind `wsctl routes`.
 //! - [`rooms`]: this node's room members, with the caps on rooms and members.
 //! - [`server`]: the axum router, sessions (reader + writer task) and drain.
-//! - [`metrics`]: a node's metrics registry.
+//! - [`metrics`]: a node's instrumentation and exporters: registry, `/metrics`, CloudWatch push.
+//! - [`tail`]: the readers behind `wsctl metrics tail`: Prometheus scrape, CloudWatch queries,
+//!   and the engine that turns them into rows.
+//! - [`load`]: the load engine behind `wsctl load`: simulated clients, schedule, latency
+//!   histograms and the delivery audit; it returns reports, the command draws them.
 
 pub mod broker;
 pub mod hub;
@@ -21,6 +26,7 @@ pub mod redis;
 pub mod rooms;
 pub mod routes;
 pub mod server;
+pub mod tail;
 
 pub use broker::{Broker, MemoryBroker, RedisBroker};
 pub use hub::Hub;

@@ -17,8 +17,12 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// ... up to this, forever (a node outlives a Redis restart).
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
-/// Capacity of fred's broadcast channel that carries pub/sub messages to us. fred's default of 32
-/// loses a burst silently (`Lagged`); 64 Ki messages is ~2 s of a busy node's traffic.
+/// Capacity of the broadcast channels of the subscriber client, the one that carries pub/sub
+/// messages to the broker. fred's default (32) loses a burst (`Lagged`, counted in
+/// `wss_broker_lagged`). fred pre-allocates this many slots for each of a client's ~9 event
+/// channels, so it costs memory whether used or not: set on the command client too, 65,536 held
+/// ~106 MB RSS before the first connection. Only the subscriber gets it now; sized by
+/// `subscriber_lag_under_burst` below.
 pub const SUBSCRIBER_BROADCAST_CAPACITY: usize = 65_536;
 
 /// Which pub/sub commands carry envelopes on a Cluster.
@@ -73,10 +77,24 @@ impl fmt::Debug for RedisConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RedisConfigError {
-    #[error("invalid Redis URL {url:?}: {source}")]
-    Url { url: String, source: fred::error::Error },
-    #[error("cannot connect to Redis at {url}: {source}")]
-    Connect { url: String, source: fred::error::Error },
+    #[error("invalid Redis URL {url:?} ({}): expected redis://[user:pass@]host:port[/db], rediss:// for TLS, or redis-cluster://host:port; set REDIS_URI or --redis-uri", reason(error))]
+    Url { url: String, error: fred::error::Error },
+    #[error("cannot reach Redis at {url} ({}): is it running, and is that its address? set REDIS_URI or --redis-uri (and REDIS_PASSWORD if it needs one)", reason(error))]
+    Connect { url: String, error: fred::error::Error },
+}
+
+/// The useful part of a fred error: "Connection refused", not fred's kind prefix or the Debug
+/// form of the io::Error it carries as text (`Os { code: 111, .., message: "Connection refused" }`).
+fn reason(e: &fred::error::Error) -> String {
+    let details = e.details().trim();
+    if let Some((_, rest)) = details.split_once("message: \"") {
+        return rest.split('"').next().unwrap_or(rest).to_string();
+    }
+    if details.is_empty() {
+        e.to_string()
+    } else {
+        details.to_string()
+    }
 }
 
 /// rustls needs one process-wide crypto provider; with two compiled in (ring for fred,
@@ -128,7 +146,7 @@ impl RedisConfig {
     }
 
     fn fred_config(&self) -> Result<Config, RedisConfigError> {
-        let url_err = |source| RedisConfigError::Url { url: redact_url(&self.url), source };
+        let url_err = |error| RedisConfigError::Url { url: redact_url(&self.url), error };
         let mut config = if self.force_cluster {
             Config::from_url_clustered(&self.url).map_err(url_err)?
         } else {
@@ -145,7 +163,9 @@ impl RedisConfig {
         Ok(config)
     }
 
-    fn builder(&self) -> Result<Builder, RedisConfigError> {
+    /// A builder with this configuration; `broadcast_capacity` replaces fred's default size of
+    /// the event channels (only the subscriber needs more).
+    fn builder(&self, broadcast_capacity: Option<usize>) -> Result<Builder, RedisConfigError> {
         install_crypto_provider();
         let mut builder = Builder::from_config(self.fred_config()?);
         builder
@@ -158,7 +178,9 @@ impl RedisConfig {
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
-                p.broadcast_channel_capacity = SUBSCRIBER_BROADCAST_CAPACITY;
+                if let Some(capacity) = broadcast_capacity {
+                    p.broadcast_channel_capacity = capacity;
+                }
             })
             // ... and, once connected, reconnect forever with capped exponential backoff.
             .set_policy(ReconnectPolicy::new_exponential(
@@ -172,20 +194,20 @@ impl RedisConfig {
 
     /// A connected command client.
     pub async fn connect(&self) -> Result<Client, RedisConfigError> {
-        let client = self.builder()?.build().map_err(|source| self.connect_err(source))?;
+        let client = self.builder(None)?.build().map_err(|source| self.connect_err(source))?;
         client.init().await.map_err(|source| self.connect_err(source))?;
         Ok(client)
     }
 
     /// A connected subscriber client: the node's one pub/sub connection (per shard on a Cluster).
     pub async fn connect_subscriber(&self) -> Result<SubscriberClient, RedisConfigError> {
-        let client = self.builder()?.build_subscriber_client().map_err(|source| self.connect_err(source))?;
+        let client = self.builder(Some(SUBSCRIBER_BROADCAST_CAPACITY))?.build_subscriber_client().map_err(|source| self.connect_err(source))?;
         client.init().await.map_err(|source| self.connect_err(source))?;
         Ok(client)
     }
 
-    fn connect_err(&self, source: fred::error::Error) -> RedisConfigError {
-        RedisConfigError::Connect { url: redact_url(&self.url), source }
+    fn connect_err(&self, error: fred::error::Error) -> RedisConfigError {
+        RedisConfigError::Connect { url: redact_url(&self.url), error }
     }
 }
 
@@ -210,5 +232,77 @@ mod tests {
         assert!(c("redis://h:1", true).is_cluster());
         assert_eq!(c("redis://h:1", false).effective_pubsub(), PubsubMode::Classic);
         assert_eq!(c("redis-cluster://h:1", false).effective_pubsub(), PubsubMode::Sharded);
+    }
+
+    /// The measurement behind [`SUBSCRIBER_BROADCAST_CAPACITY`]: a node's subscriber receives a
+    /// burst of [`BURST`] envelopes published as fast as 4 pipelining clients and a local Redis
+    /// allow, while a consumer does the broker's per-message work (parse the envelope); prints
+    /// the deepest the receiver fell behind. A benchmark, not a check: run with --ignored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "benchmark: prints the figure behind SUBSCRIBER_BROADCAST_CAPACITY"]
+    async fn subscriber_lag_under_burst() {
+        const BURST: usize = 100_000;
+        const PUBLISHERS: usize = 4;
+        const PIPELINE: usize = 500;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let config = RedisConfig { url: format!("redis://127.0.0.1:{port}"), ..Default::default() };
+        let mut sub = None;
+        for _ in 0..100 {
+            // Large enough that nothing is lost: the point is to see how much of it is used.
+            if let Ok(c) = config.builder(Some(1 << 20)).unwrap().build_subscriber_client() {
+                if c.init().await.is_ok() {
+                    sub = Some(c);
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let sub = sub.expect("redis-server answers");
+        let _: () = sub.subscribe("server:lag").await.unwrap();
+        let mut rx = sub.message_rx();
+        let consumer = tokio::spawn(async move {
+            let (mut got, mut max_lag) = (0, 0);
+            while got < BURST {
+                let m = rx.recv().await.expect("no message lost");
+                max_lag = max_lag.max(rx.len());
+                got += 1;
+                let bytes = m.value.as_bytes().expect("bytes").to_vec();
+                assert!(crate::protocol::parse_routed(&bytes).is_some());
+            }
+            max_lag
+        });
+        let envelope = format!(
+            r#"{{"senderID":"alice","receiverID":"bob","messageID":"{}","timestamp":"2026-01-01T00:00:00.000Z","content":"{}"}}"#,
+            uuid::Uuid::new_v4(),
+            "x".repeat(100)
+        );
+        let started = std::time::Instant::now();
+        let mut publishers = Vec::new();
+        for _ in 0..PUBLISHERS {
+            let client = config.connect().await.unwrap();
+            let envelope = envelope.clone();
+            publishers.push(tokio::spawn(async move {
+                for _ in 0..BURST / PUBLISHERS / PIPELINE {
+                    let p = client.pipeline();
+                    for _ in 0..PIPELINE {
+                        let _: () = p.publish("server:lag", envelope.clone()).await.unwrap();
+                    }
+                    let _: Value = p.all().await.unwrap();
+                }
+            }));
+        }
+        for p in publishers {
+            p.await.unwrap();
+        }
+        let max_lag = tokio::time::timeout(Duration::from_secs(60), consumer).await.expect("burst received").unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        println!("burst of {BURST} envelopes in {secs:.2} s ({:.0}/s): the receiver lagged by at most {max_lag}", BURST as f64 / secs);
+        let _ = redis.kill();
+        let _ = redis.wait();
     }
 }

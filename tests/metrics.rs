@@ -15,8 +15,8 @@ use support::*;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wsctl::metrics::cloudwatch::{self, names, CloudWatchError, Publisher};
-use wsctl::metrics::prometheus::{self, Exposition};
-use wsctl::metrics::tail::PrometheusTail;
+use wsctl::tail::prometheus::{self, Exposition};
+use wsctl::tail::PrometheusTail;
 
 /// Sends `n` chat messages from `from` to `to` and waits until `to` has them all.
 async fn chat_n(from: &mut Client, to: &mut Client, to_user: &str, n: usize) {

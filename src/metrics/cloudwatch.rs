@@ -1,17 +1,16 @@
-//! CloudWatch: the publisher a node runs next to its server (`wsctl serve --cloudwatch`) and the
-//! GetMetricData reader behind `wsctl metrics tail`. The publisher pushes, per interval, the
+//! CloudWatch, the node's side: the client settings shared with the reader (`crate::tail`), and
+//! the publisher a node runs next to its server (`wsctl serve --cloudwatch`). It pushes, per interval, the
 //! original server's five metrics under one `ServerID` dimension, as counts for the interval (not
 //! running totals, so `Sum` over any period is meaningful), plus the latency distribution as
 //! Values/Counts so CloudWatch can compute percentiles. A failed push is logged, counted in
 //! `wss_cloudwatch_push_errors_total`, and its counts are carried into the next interval's push.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_cloudwatch::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatch::primitives::DateTime;
-use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricDatum, MetricStat, StandardUnit};
+use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use aws_sdk_cloudwatch::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -35,7 +34,7 @@ pub const MAX_QUERIES_PER_CALL: usize = 500;
 pub const MAX_POINTS_PER_CALL: usize = 100_800;
 /// Pages of ListMetrics / GetMetricData read before giving up: each page holds 500 metrics or
 /// 500 query results, so this is far past any fleet, and a looping NextToken cannot spin forever.
-const MAX_PAGES: usize = 1000;
+pub(crate) const MAX_PAGES: usize = 1000;
 
 /// The names the publisher writes (and the reader asks for).
 pub mod names {
@@ -59,7 +58,7 @@ pub enum CloudWatchError {
     Credentials(String),
     #[error("no AWS region: pass one (--region / --cloudwatch-region) or set AWS_REGION")]
     NoRegion,
-    #[error("cannot reach CloudWatch at {endpoint}: {detail}")]
+    #[error("cannot reach CloudWatch at {endpoint} ({detail}): check the region (AWS_REGION, --region / --cloudwatch-region) and the network, or pass --endpoint for an emulator")]
     Unreachable { endpoint: String, detail: String },
     #[error("no metrics found in namespace {namespace:?}{}: is a node publishing there (wsctl serve --cloudwatch), and is the region right?", server.as_ref().map(|s| format!(" for ServerID {s:?}")).unwrap_or_default())]
     NoMetrics { namespace: String, server: Option<String> },
@@ -82,7 +81,7 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    fn describe_endpoint(&self) -> String {
+    pub(crate) fn describe_endpoint(&self) -> String {
         match (&self.endpoint, &self.region) {
             (Some(e), _) => e.clone(),
             (None, Some(r)) => format!("monitoring.{r}.amazonaws.com"),
@@ -136,7 +135,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-fn sdk_error<E, R>(call: &'static str, endpoint: &str, e: SdkError<E, R>) -> CloudWatchError
+pub(crate) fn sdk_error<E, R>(call: &'static str, endpoint: &str, e: SdkError<E, R>) -> CloudWatchError
 where
     E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
@@ -163,7 +162,7 @@ where
     }
 }
 
-fn dimension(server_id: &str) -> Dimension {
+pub(crate) fn dimension(server_id: &str) -> Dimension {
     Dimension::builder().name(DIMENSION).value(server_id).build()
 }
 
@@ -294,144 +293,5 @@ impl Publisher {
         if self.push_logged(FINAL_PUSH_TIMEOUT).await {
             info!("pushed the final interval to CloudWatch");
         }
-    }
-}
-
-/// What `metrics tail` asks CloudWatch for.
-#[derive(Debug, Clone)]
-pub struct ReadQuery {
-    pub namespace: String,
-    /// Only this server; otherwise every ServerID found in the namespace.
-    pub server: Option<String>,
-    pub since: Duration,
-    pub period: Duration,
-}
-
-/// The statistic read for each metric; `key` names the series in [`ServerSeries`].
-pub const READ_STATS: [(&str, &str); 6] = [
-    (names::ACTIVE_CONNECTIONS, "Average"),
-    (names::MESSAGES, "Sum"),
-    (names::DELIVERED, "Sum"),
-    (names::UNEXPECTED_DISCONNECTS, "Sum"),
-    (names::AVERAGE_LATENCY, "Average"),
-    (names::LATENCY, "SampleCount"),
-];
-
-/// One server's series: metric name -> bucket start (Unix seconds) -> value.
-pub type ServerSeries = BTreeMap<&'static str, BTreeMap<i64, f64>>;
-
-/// The result of one read: aligned buckets per server.
-#[derive(Debug, Clone)]
-pub struct Readout {
-    /// First bucket start, Unix seconds (a multiple of the period).
-    pub start: i64,
-    /// Last bucket start, Unix seconds.
-    pub end: i64,
-    pub period: i64,
-    pub servers: BTreeMap<String, ServerSeries>,
-}
-
-/// Reads metrics back from CloudWatch.
-pub struct Reader {
-    client: Client,
-    endpoint: String,
-}
-
-impl Reader {
-    pub fn new(client: Client, opts: &ClientOptions) -> Self {
-        Reader { client, endpoint: opts.describe_endpoint() }
-    }
-
-    /// Every ServerID that published `MessagesTotal` to `namespace`.
-    pub async fn servers(&self, namespace: &str) -> Result<Vec<String>, CloudWatchError> {
-        let mut out = std::collections::BTreeSet::new();
-        let mut token = None;
-        for _ in 0..MAX_PAGES {
-            let page = self
-                .client
-                .list_metrics()
-                .namespace(namespace)
-                .metric_name(names::MESSAGES)
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| sdk_error("ListMetrics", &self.endpoint, e))?;
-            for m in page.metrics() {
-                for d in m.dimensions() {
-                    if d.name() == Some(DIMENSION) {
-                        out.extend(d.value().map(str::to_string));
-                    }
-                }
-            }
-            token = page.next_token().map(str::to_string);
-            if token.is_none() {
-                break;
-            }
-        }
-        Ok(out.into_iter().collect())
-    }
-
-    /// Reads [`READ_STATS`] for every server over `q.since`, in as few GetMetricData calls as its
-    /// limits allow.
-    pub async fn read(&self, q: &ReadQuery) -> Result<Readout, CloudWatchError> {
-        let servers = match &q.server {
-            Some(s) => vec![s.clone()],
-            None => self.servers(&q.namespace).await?,
-        };
-        if servers.is_empty() {
-            return Err(CloudWatchError::NoMetrics { namespace: q.namespace.clone(), server: None });
-        }
-        let period = q.period.as_secs().max(1) as i64;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-        // Bucket starts are multiples of the period (moto starts buckets at StartTime, AWS aligns
-        // them itself), and the window ends after the bucket in progress.
-        let start = (now - q.since.as_secs() as i64).div_euclid(period) * period;
-        let end = (now.div_euclid(period) + 1) * period;
-        let points = ((end - start) / period).max(1) as usize;
-        let per_call = MAX_QUERIES_PER_CALL.min(MAX_POINTS_PER_CALL / points).max(1);
-
-        let mut queries = Vec::new();
-        for (si, server) in servers.iter().enumerate() {
-            for (mi, (name, stat)) in READ_STATS.iter().enumerate() {
-                let metric = Metric::builder().namespace(&q.namespace).metric_name(*name).dimensions(dimension(server)).build();
-                let stat = MetricStat::builder().metric(metric).period(period as i32).stat(*stat).build();
-                queries.push(((si, *name), MetricDataQuery::builder().id(format!("s{si}m{mi}")).metric_stat(stat).return_data(true).build()));
-            }
-        }
-        let mut readout = Readout { start, end: end - period, period, servers: BTreeMap::new() };
-        let mut found = false;
-        for batch in queries.chunks(per_call) {
-            let ids: BTreeMap<String, (usize, &'static str)> =
-                batch.iter().map(|(k, q)| (q.id().unwrap_or_default().to_string(), *k)).collect();
-            let mut token = None;
-            for _ in 0..MAX_PAGES {
-                let out = self
-                    .client
-                    .get_metric_data()
-                    .set_metric_data_queries(Some(batch.iter().map(|(_, q)| q.clone()).collect()))
-                    .start_time(DateTime::from_secs(start))
-                    .end_time(DateTime::from_secs(end))
-                    .set_next_token(token)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("GetMetricData", &self.endpoint, e))?;
-                for r in out.metric_data_results() {
-                    let Some(&(si, name)) = r.id().and_then(|id| ids.get(id)) else { continue };
-                    let series = readout.servers.entry(servers[si].clone()).or_default().entry(name).or_default();
-                    for (t, v) in r.timestamps().iter().zip(r.values()) {
-                        found = true;
-                        series.insert(t.secs().div_euclid(period) * period, *v);
-                    }
-                }
-                token = out.next_token().map(str::to_string);
-                if token.is_none() {
-                    break;
-                }
-            }
-        }
-        if !found {
-            return Err(CloudWatchError::NoMetrics { namespace: q.namespace.clone(), server: q.server.clone() });
-        }
-        Ok(readout)
     }
 }

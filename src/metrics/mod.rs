@@ -1,16 +1,14 @@
 //! A node's metrics: one registry per node (tests run several nodes in one process, so nothing
 //! is global), updated from the hot path with single atomic operations, rendered as Prometheus
-//! text by prometheus-client and read as [`Snapshot`]s by the CloudWatch publisher. Also owns the
-//! readers behind `wsctl metrics tail`: [`prometheus`] (scrape and parse a node's `/metrics`),
-//! [`cloudwatch`] (publisher and GetMetricData reader) and [`tail`] (both turned into rows).
+//! text by prometheus-client and served by [`serve_metrics`], and read as [`Snapshot`]s by the
+//! [`cloudwatch`] publisher. This is what `serve` runs; the readers behind `wsctl metrics tail`
+//! (scrape, CloudWatch queries, the tail engine) are [`crate::tail`].
 //!
 //! Counters and histograms are this module's own thin types so that [`Metrics::disabled`] can
 //! turn every per-message update into a predicted branch: that is how the hot-path cost of the
 //! metrics is measured (scripts/bench-metrics-cost), in the same binary and the same run.
 
 pub mod cloudwatch;
-pub mod prometheus;
-pub mod tail;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

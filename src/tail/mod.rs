@@ -1,14 +1,22 @@
-//! The engine behind `wsctl metrics tail`: turns CloudWatch readouts or successive Prometheus
-//! scrapes into [`TailSnapshot`]s (one row per server plus a fleet total, with recent history for
-//! sparklines). It returns data only; the command draws it.
+//! The readers behind `wsctl metrics tail`, outside the nodes: [`prometheus`] (scrape and parse a
+//! node's `/metrics`), [`cloudwatch`] (ListMetrics / GetMetricData), and the tail engine here,
+//! which turns CloudWatch readouts or successive scrapes into [`TailSnapshot`]s (one row per
+//! server plus a fleet total, with recent history for a trend). It returns data only; the
+//! command draws it (tables, sparklines). The node's own side, instrumentation and exporters,
+//! is [`crate::metrics`].
+
+pub mod cloudwatch;
+pub mod prometheus;
+
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use super::cloudwatch::{names, CloudWatchError, ReadQuery, Reader, Readout};
-use super::prometheus::{scrape, Exposition, HistogramSample, ScrapeError};
+use crate::metrics::cloudwatch::{names, CloudWatchError};
+use cloudwatch::{ReadQuery, Reader, Readout};
+use prometheus::{Exposition, HistogramSample, ScrapeError, Scraper};
 
 /// Points of history kept per row for the sparkline: a glance at the trend, narrow enough to sit
 /// in a table column.
@@ -185,13 +193,14 @@ fn read_scrape(e: &Exposition) -> Scraped {
 /// Scrapes nodes' `/metrics` and turns counters into rates between successive scrapes.
 pub struct PrometheusTail {
     urls: Vec<String>,
+    scraper: Scraper,
     prev: BTreeMap<String, Scraped>,
     history: BTreeMap<String, VecDeque<f64>>,
 }
 
 impl PrometheusTail {
     pub fn new(urls: Vec<String>) -> Self {
-        PrometheusTail { urls, prev: BTreeMap::new(), history: BTreeMap::new() }
+        PrometheusTail { urls, scraper: Scraper::new(), prev: BTreeMap::new(), history: BTreeMap::new() }
     }
 
     /// A row's name: the URL's host:port (a node's exposition does not carry its id).
@@ -203,7 +212,7 @@ impl PrometheusTail {
     /// Scrapes every node; fails only if none answered (each failure is in its row).
     /// The first call has totals but no rates: rates need two scrapes.
     pub async fn sample(&mut self) -> Result<TailSnapshot, ScrapeError> {
-        let results = futures_util::future::join_all(self.urls.iter().map(|u| scrape(u))).await;
+        let results = futures_util::future::join_all(self.urls.iter().map(|u| self.scraper.scrape(u))).await;
         let mut rows = Vec::new();
         let mut window = 0.0f64;
         let mut first_error = None;
@@ -268,16 +277,6 @@ impl PrometheusTail {
     }
 }
 
-/// Eight-level sparkline of `values` scaled to their maximum.
-pub fn sparkline(values: &[f64]) -> String {
-    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let max = values.iter().copied().fold(0.0f64, f64::max);
-    values
-        .iter()
-        .map(|v| if max <= 0.0 { BARS[0] } else { BARS[((v / max) * 7.0).round().clamp(0.0, 7.0) as usize] })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,7 +285,7 @@ mod tests {
     fn readout_rows_and_fleet() {
         let mut servers = BTreeMap::new();
         for (id, msgs, lat, n) in [("a", 120.0, 2.0, 10.0), ("b", 60.0, 5.0, 30.0)] {
-            let mut s: super::super::cloudwatch::ServerSeries = BTreeMap::new();
+            let mut s: cloudwatch::ServerSeries = BTreeMap::new();
             s.entry(names::MESSAGES).or_default().insert(60, msgs / 2.0);
             s.entry(names::MESSAGES).or_default().insert(120, msgs);
             s.entry(names::AVERAGE_LATENCY).or_default().insert(120, lat);
@@ -299,11 +298,5 @@ mod tests {
         assert_eq!(snap.fleet.messages, Some(180.0));
         assert_eq!(snap.fleet.avg_latency_ms, Some((2.0 * 10.0 + 5.0 * 30.0) / 40.0));
         assert_eq!(snap.fleet.unexpected_disconnects, Some(0.0));
-    }
-
-    #[test]
-    fn sparkline_scales() {
-        assert_eq!(sparkline(&[0.0, 1.0, 2.0]), "▁▅█");
-        assert_eq!(sparkline(&[0.0, 0.0]), "▁▁");
     }
 }

@@ -1,13 +1,25 @@
-//! Reading a node's `/metrics` from outside: a minimal HTTP/1.1 GET over a tokio `TcpStream` (no
-//! HTTP client dependency for one request shape), and a parser for the Prometheus / OpenMetrics
+//! Reading a node's `/metrics` from outside: an HTTP GET through hyper-util's pooled client
+//! (hyper is already in the tree through axum), and a parser for the Prometheus / OpenMetrics
 //! text exposition that checks its structure (HELP/TYPE before samples, histogram buckets
 //! cumulative and ending in +Inf == count). `wsctl metrics tail --prometheus` and the tests use it.
+//!
+//! The parser is our own, on purpose. The maintained crate, `prometheus-parse` (0.2/0.3), does
+//! not cover what `tail` and the tests need: it splits labels on `,` and `=` and stops at the
+//! first `}` (a label value holding `,`, `=`, `}` or an escaped `\"` comes out mangled), skips a
+//! sample whose value does not parse instead of failing, validates nothing (a TYPE after
+//! samples, non-cumulative buckets or a missing +Inf all pass), ignores OpenMetrics' `# EOF`,
+//! and would add chrono, regex, itertools and lazy_static for ~200 lines of ours. The unit tests
+//! below pin each of those cases.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use hyper::header::{ACCEPT, USER_AGENT};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 
 /// A scrape (connect, send, read the whole answer) that takes longer than this fails: a node
 /// renders /metrics in microseconds, so 5 s means it is wedged or the address is wrong.
@@ -20,10 +32,10 @@ pub const MAX_BODY: usize = 4 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ScrapeError {
-    #[error("bad URL {0:?}: expected http://host:port/path (https is not supported)")]
+    #[error("bad URL {0:?}: expected http://host:port/path, e.g. http://127.0.0.1:8081/metrics (https is not supported)")]
     BadUrl(String),
-    #[error("cannot reach {url}: {source}")]
-    Unreachable { url: String, source: std::io::Error },
+    #[error("cannot reach {url} ({detail}): is the node running, and is that its address and port?")]
+    Unreachable { url: String, detail: String },
     #[error("{url} did not answer within {SCRAPE_TIMEOUT:?}")]
     Timeout { url: String },
     #[error("{url} answered HTTP {status}")]
@@ -301,83 +313,96 @@ fn parse_sample(line: &str) -> Option<Sample> {
     Some(Sample { name: name.to_string(), labels, value })
 }
 
-/// GETs `url` (http://host:port/path) and parses the body.
-pub async fn scrape(url: &str) -> Result<Exposition, ScrapeError> {
-    let body = get(url).await?;
-    parse(&body).map_err(|source| ScrapeError::Parse { url: url.to_string(), source })
+/// How long an idle pooled connection to a node is kept: past one refresh period of `tail`
+/// (5 s by default), so successive scrapes reuse it.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+/// What the scraper asks for: OpenMetrics first (what a wsctl node renders), then Prometheus text.
+const ACCEPT_EXPOSITION: &str = "application/openmetrics-text;version=1.0.0, text/plain;version=0.0.4";
+
+/// Scrapes `/metrics` endpoints over pooled HTTP/1.1 connections.
+#[derive(Clone)]
+pub struct Scraper {
+    client: Client<HttpConnector, Empty<Bytes>>,
 }
 
-/// GETs `url` and returns the body of a 200 answer.
-pub async fn get(url: &str) -> Result<String, ScrapeError> {
-    match tokio::time::timeout(SCRAPE_TIMEOUT, get_inner(url)).await {
-        Ok(r) => r,
-        Err(_) => Err(ScrapeError::Timeout { url: url.to_string() }),
+impl Default for Scraper {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
-async fn get_inner(url: &str) -> Result<String, ScrapeError> {
+impl Scraper {
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(SCRAPE_TIMEOUT));
+        connector.set_nodelay(true);
+        Scraper { client: Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector) }
+    }
+
+    /// GETs `url` (http://host:port/path) and parses the body.
+    pub async fn scrape(&self, url: &str) -> Result<Exposition, ScrapeError> {
+        let body = self.get(url).await?;
+        parse(&body).map_err(|source| ScrapeError::Parse { url: url.to_string(), source })
+    }
+
+    /// GETs `url` and returns the body of a 200 answer, within [`SCRAPE_TIMEOUT`] and
+    /// [`MAX_BODY`]. A URL without a path means `/metrics`.
+    pub async fn get(&self, url: &str) -> Result<String, ScrapeError> {
+        match tokio::time::timeout(SCRAPE_TIMEOUT, self.get_inner(url)).await {
+            Ok(r) => r,
+            Err(_) => Err(ScrapeError::Timeout { url: url.to_string() }),
+        }
+    }
+
+    async fn get_inner(&self, url: &str) -> Result<String, ScrapeError> {
+        let uri = metrics_uri(url)?;
+        let req = hyper::Request::get(uri)
+            .header(ACCEPT, ACCEPT_EXPOSITION)
+            .header(USER_AGENT, concat!("wsctl/", env!("CARGO_PKG_VERSION")))
+            .body(Empty::new())
+            .map_err(|_| ScrapeError::BadUrl(url.to_string()))?;
+        let resp = self.client.request(req).await.map_err(|e| ScrapeError::Unreachable { url: url.to_string(), detail: error_chain(&e) })?;
+        if resp.status() != hyper::StatusCode::OK {
+            return Err(ScrapeError::Status { url: url.to_string(), status: resp.status().as_u16() });
+        }
+        let body = Limited::new(resp.into_body(), MAX_BODY).collect().await.map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                ScrapeError::TooLarge { url: url.to_string() }
+            } else {
+                ScrapeError::BadResponse { url: url.to_string(), reason: e.to_string() }
+            }
+        })?;
+        String::from_utf8(body.to_bytes().to_vec()).map_err(|_| ScrapeError::BadResponse { url: url.to_string(), reason: "body is not UTF-8".to_string() })
+    }
+}
+
+/// GETs `url` once with a fresh [`Scraper`] and parses the body.
+pub async fn scrape(url: &str) -> Result<Exposition, ScrapeError> {
+    Scraper::new().scrape(url).await
+}
+
+/// `url` checked (http, a host) with `/metrics` as the path when it has none.
+fn metrics_uri(url: &str) -> Result<hyper::Uri, ScrapeError> {
     let bad = || ScrapeError::BadUrl(url.to_string());
-    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/metrics"),
-    };
-    if authority.is_empty() {
+    let mut parsed = url::Url::parse(url).map_err(|_| bad())?;
+    if parsed.scheme() != "http" || parsed.host_str().is_none_or(str::is_empty) {
         return Err(bad());
     }
-    let target = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !authority.ends_with(']') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let unreachable = |source| ScrapeError::Unreachable { url: url.to_string(), source };
-    let mut s = TcpStream::connect(&target).await.map_err(unreachable)?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/openmetrics-text;version=1.0.0, text/plain;version=0.0.4\r\nConnection: close\r\nUser-Agent: wsctl\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.map_err(unreachable)?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        let n = s.read(&mut chunk).await.map_err(unreachable)?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_BODY + 16 * 1024 {
-            return Err(ScrapeError::TooLarge { url: url.to_string() });
-        }
+    if parsed.path() == "/" {
+        parsed.set_path("/metrics");
     }
-    let bad_response = |reason: &str| ScrapeError::BadResponse { url: url.to_string(), reason: reason.to_string() };
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad_response("no end of headers"))?;
-    let head = std::str::from_utf8(&buf[..split]).map_err(|_| bad_response("headers are not UTF-8"))?;
-    let mut body = buf[split + 4..].to_vec();
-    let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| bad_response("no status code"))?;
-    if status != 200 {
-        return Err(ScrapeError::Status { url: url.to_string(), status });
-    }
-    let chunked = head.lines().any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked"))
-    });
-    if chunked {
-        body = dechunk(&body).ok_or_else(|| bad_response("bad chunked encoding"))?;
-    }
-    String::from_utf8(body).map_err(|_| bad_response("body is not UTF-8"))
+    parsed.as_str().parse().map_err(|_| bad())
 }
 
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&b[..eol]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        b = &b[eol + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
+/// An error and its sources as one line: hyper-util's own Display says only "client error".
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
     }
+    parts.join(": ")
 }
 
 #[cfg(test)]
@@ -407,7 +432,27 @@ mod tests {
     }
 
     #[test]
-    fn dechunks() {
-        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(), b"abcde");
+    fn the_cases_prometheus_parse_gets_wrong() {
+        let text = "# TYPE h histogram\nh_bucket{path=\"/a,b=c}\",le=\"1\"} 1\nh_bucket{path=\"/a,b=c}\",le=\"+Inf\"} 2\n\
+                    h_sum{path=\"/a,b=c}\"} 3.5\nh_count{path=\"/a,b=c}\"} 2\n# TYPE g gauge\ng{q=\"say \\\"hi\\\"\\n\"} NaN\n# EOF\n";
+        let exp = parse(text).unwrap();
+        assert!(exp.eof);
+        let h = exp.histogram("h").unwrap();
+        assert_eq!(h.buckets, vec![(1.0, 1.0), (f64::INFINITY, 2.0)]);
+        assert_eq!((h.sum, h.count), (3.5, 2.0));
+        assert_eq!(exp.family("h").unwrap().samples[0].labels[0], ("path".to_string(), "/a,b=c}".to_string()));
+        assert_eq!(exp.family("g").unwrap().samples[0].labels[0].1, "say \"hi\"\n");
+        assert!(parse("# TYPE c counter\nc_total one\n").is_err(), "a value that is not a number fails");
+        assert!(parse("# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_count 1\nh_sum 1\n").is_err(), "no +Inf");
+        assert!(parse("# TYPE c counter\nc_total 1\n# TYPE c counter\n").is_err(), "TYPE after samples");
+    }
+
+    #[test]
+    fn urls_are_checked_and_default_to_metrics() {
+        assert_eq!(metrics_uri("http://127.0.0.1:9090").unwrap().path(), "/metrics");
+        assert_eq!(metrics_uri("http://[::1]:9090/x").unwrap().to_string(), "http://[::1]:9090/x");
+        for bad in ["https://h/metrics", "127.0.0.1:9090", "http://", "ftp://h/"] {
+            assert!(matches!(metrics_uri(bad), Err(ScrapeError::BadUrl(_))), "{bad}");
+        }
     }
 }
