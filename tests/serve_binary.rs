@@ -84,5 +84,5 @@ fn serve_rejects_bad_settings_with_the_offending_value() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to Redis at redis://127.0.0.1:1"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach Redis at redis://127.0.0.1:1 (Connection refused): is it running"), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -231,7 +231,7 @@ async fn acl_user_and_password_are_used_and_a_wrong_password_fails_clearly() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("cannot connect to Redis") && err.contains("app:***@"), "{err}");
+    assert!(err.contains("cannot reach Redis") && err.contains("app:***@"), "{err}");
     assert!(!err.contains("nope"), "the password never appears in errors: {err}");
     a.stop().await;
 }
