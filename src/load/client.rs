@@ -444,7 +444,12 @@ fn on_message(sh: &Shared, s: &mut Slot, m: Message) -> Option<u16> {
             count_bounded(&mut s.out.frames.by_type, &kind, 1);
             s.out.other_frames += 1;
         }
-        Incoming::Unrecognized(why) => unrecognized(s, why, text),
+        Incoming::Unrecognized(why, kind) => {
+            if let Some(kind) = kind {
+                count_bounded(&mut s.out.frames.by_type, &kind, 1);
+            }
+            unrecognized(s, why, text);
+        }
     }
     None
 }

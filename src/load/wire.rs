@@ -143,16 +143,17 @@ pub enum Incoming<'a> {
     Recovery { complete: bool, count: u64 },
     /// A well-formed frame of a type we do not act on (notifications, ...).
     Other { kind: Cow<'a, str> },
-    Unrecognized(Unrecognized),
+    /// Not counted, and why; with the frame's type when it has one.
+    Unrecognized(Unrecognized, Option<Cow<'a, str>>),
 }
 
 /// Reads one text frame.
 pub fn parse(frame: &str) -> Incoming<'_> {
     let Ok(env) = serde_json::from_str::<Envelope<'_>>(frame) else {
-        return Incoming::Unrecognized(Unrecognized::NotJson);
+        return Incoming::Unrecognized(Unrecognized::NotJson, None);
     };
     let Some(kind) = env.kind else {
-        return Incoming::Unrecognized(Unrecognized::NoType);
+        return Incoming::Unrecognized(Unrecognized::NoType, None);
     };
     match kind.as_ref() {
         "ack" => return Incoming::Ack { id: env.id.map(|i| i.0), online: env.online },
@@ -181,7 +182,7 @@ pub fn parse(frame: &str) -> Incoming<'_> {
             offset: env.offset.and_then(|o| u64::try_from(o.0).ok()),
             epoch: env.epoch,
         },
-        Err(_) => Incoming::Unrecognized(Unrecognized::NotOurPayload),
+        Err(_) => Incoming::Unrecognized(Unrecognized::NotOurPayload, Some(kind)),
     }
 }
 
@@ -228,8 +229,8 @@ mod tests {
         assert_eq!(stamp(f), Some((7, 42, 123456789)));
         assert_eq!(stamp(r#"{"type":"chat_message","payload":[7e0,4.2e1,1.23456789E8]}"#), Some((7, 42, 123456789)));
         // Not integers: not ours, never rounded.
-        assert_eq!(parse(r#"{"type": "chat_message", "payload": [7.5, 42, 1]}"#), Incoming::Unrecognized(Unrecognized::NotOurPayload));
-        assert_eq!(parse(r#"{"type": "chat_message", "payload": ["7", 42, 1]}"#), Incoming::Unrecognized(Unrecognized::NotOurPayload));
+        assert_eq!(parse(r#"{"type": "chat_message", "payload": [7.5, 42, 1]}"#), Incoming::Unrecognized(Unrecognized::NotOurPayload, Some("chat_message".into())));
+        assert_eq!(parse(r#"{"type": "chat_message", "payload": ["7", 42, 1]}"#), Incoming::Unrecognized(Unrecognized::NotOurPayload, Some("chat_message".into())));
     }
 
     #[test]
@@ -265,11 +266,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(parse(r#"{"type":"recovery","complete":true,"count":3}"#), Incoming::Recovery { complete: true, count: 3 });
-        assert!(matches!(parse(r#"{"type":"notification","payload":"hello"}"#), Incoming::Unrecognized(Unrecognized::NotOurPayload)));
+        assert!(matches!(parse(r#"{"type":"notification","payload":"hello"}"#), Incoming::Unrecognized(Unrecognized::NotOurPayload, Some(_))));
         assert!(matches!(parse(r#"{"type":"quiz_ready"}"#), Incoming::Other { .. }));
-        assert_eq!(parse("not json"), Incoming::Unrecognized(Unrecognized::NotJson));
-        assert_eq!(parse("[1,2]"), Incoming::Unrecognized(Unrecognized::NotJson));
-        assert_eq!(parse(r#"{"payload":[1,2,3]}"#), Incoming::Unrecognized(Unrecognized::NoType));
+        assert_eq!(parse("not json"), Incoming::Unrecognized(Unrecognized::NotJson, None));
+        assert_eq!(parse("[1,2]"), Incoming::Unrecognized(Unrecognized::NotJson, None));
+        assert_eq!(parse(r#"{"payload":[1,2,3]}"#), Incoming::Unrecognized(Unrecognized::NoType, None));
     }
 
     #[test]
