@@ -416,6 +416,7 @@ fn summary(r: &Report) -> Table {
         ("run", format!("{} users x {} conn, {} pattern, {:.2} msgs/s per conn, shards {}", r.run.clients, r.run.connections_per_user, r.run.pattern, r.run.rate_per_connection, r.run.shards.join(","))),
         ("connections", format!("{} target, {} up at start, {} peak, {} never connected", c.target, c.connected_at_start, c.peak, c.never_connected)),
         ("connect time", pct(&r.connect_ms)),
+        ("memory (this process)", c.rss_kib_per_connection.map_or("-".to_string(), |k| format!("{k:.1} KiB RSS per idle connection"))),
         ("failed attempts / reconnects", format!("{} / {}", c.failed_attempts, c.reconnects)),
         ("unexpected closes", closes),
         ("connect errors", if c.connect_errors.is_empty() { "none".to_string() } else { c.connect_errors.iter().map(|(k, v)| format!("{v} x {k}")).collect::<Vec<_>>().join("\n") }),

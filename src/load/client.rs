@@ -101,30 +101,40 @@ struct Slot {
     /// Latency since the last `latency_report`, for its mean.
     report_sum_us: u64,
     report_n: u64,
+    /// Frames of type `chat_message` (see `on_message`).
+    chat_frames: u64,
+}
+
+impl Slot {
+    fn new(sh: &Shared, slot: u32) -> Slot {
+        let now = Instant::now();
+        let cfg = &sh.config;
+        let rate = cfg.rate_per_connection();
+        let mut rng = SmallRng::from_rng(&mut rand::rng());
+        let hb_phase = cfg.heartbeat.mul_f64(rng.random::<f64>());
+        Slot {
+            out: SlotOutcome { slot, acks: cfg.ack.then(AckWindow::new), ..SlotOutcome::default() },
+            user: sh.plan.user_of(slot),
+            rng,
+            next_send: None,
+            // Validated: a rate > 0 is within config::MIN_RATE..=MAX_RATE.
+            interval: if rate > 0.0 { Duration::from_secs_f64(1.0 / rate) } else { Duration::ZERO },
+            send_end: now,
+            next_heartbeat: now + hb_phase,
+            next_report: None,
+            last_send_wake: now,
+            connected_since: now,
+            batch: Vec::with_capacity(LATENCY_BATCH),
+            batch_since: now,
+            report_sum_us: 0,
+            report_n: 0,
+            chat_frames: 0,
+        }
+    }
 }
 
 pub(crate) async fn run_slot(sh: Arc<Shared>, slot: u32) -> SlotOutcome {
-    let now = Instant::now();
-    let cfg = &sh.config;
-    let rate = cfg.rate_per_connection();
-    let mut rng = SmallRng::from_rng(&mut rand::rng());
-    let hb_phase = cfg.heartbeat.mul_f64(rng.random::<f64>());
-    let mut s = Slot {
-        out: SlotOutcome { slot, acks: cfg.ack.then(AckWindow::new), ..SlotOutcome::default() },
-        user: sh.plan.user_of(slot),
-        rng,
-        next_send: None,
-        interval: if rate > 0.0 { Duration::from_secs_f64(1.0 / rate) } else { Duration::ZERO },
-        send_end: now,
-        next_heartbeat: now + hb_phase,
-        next_report: None,
-        last_send_wake: now,
-        connected_since: now,
-        batch: Vec::with_capacity(LATENCY_BATCH),
-        batch_since: now,
-        report_sum_us: 0,
-        report_n: 0,
-    };
+    let mut s = Slot::new(&sh, slot);
     let mut first = true;
     let mut backoff = RECONNECT_MIN;
     loop {
@@ -143,30 +153,8 @@ pub(crate) async fn run_slot(sh: Arc<Shared>, slot: u32) -> SlotOutcome {
         match attempt {
             Ok(mut ws) => {
                 backoff = RECONNECT_MIN;
-                s.out.ever_connected = true;
-                s.connected_since = Instant::now();
-                sh.online[slot as usize].store(true, Relaxed);
-                let up = sh.live.connected.fetch_add(1, Relaxed) + 1;
-                sh.live.peak.fetch_max(up, Relaxed);
-                let end = drive(&mut ws, &sh, &mut s).await;
-                sh.online[slot as usize].store(false, Relaxed);
-                sh.live.connected.fetch_sub(1, Relaxed);
-                flush_batch(&sh, &mut s);
-                if let Some(a) = &mut s.out.acks {
-                    let n = a.connection_closed(matches!(end, End::Ours { .. }));
-                    sh.live.acks_waiting.fetch_sub(n, Relaxed);
-                }
-                match end {
-                    End::Ours { clean } => {
-                        s.out.closed_by_us = true;
-                        s.out.clean_close = clean;
-                        break;
-                    }
-                    End::Unexpected(why) => {
-                        sh.live.count_error("close");
-                        *s.out.unexpected_closes.entry(why).or_default() += 1;
-                        sh.live.errors.fetch_add(1, Relaxed);
-                    }
+                if connected(&mut ws, &sh, &mut s).await {
+                    break;
                 }
             }
             Err(why) => {
@@ -189,7 +177,41 @@ pub(crate) async fn run_slot(sh: Arc<Shared>, slot: u32) -> SlotOutcome {
         sh.live.reconnects.fetch_add(1, Relaxed);
     }
     flush_batch(&sh, &mut s);
+    if s.chat_frames > 0 {
+        count_bounded(&mut s.out.frames.by_type, "chat_message", s.chat_frames);
+    }
     s.out
+}
+
+/// Runs one live connection and counts how it ended; true when the run closed it (no retry).
+async fn connected(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> bool {
+    let slot = s.out.slot as usize;
+    s.out.ever_connected = true;
+    s.connected_since = Instant::now();
+    sh.online[slot].store(true, Relaxed);
+    let up = sh.live.connected.fetch_add(1, Relaxed) + 1;
+    sh.live.peak.fetch_max(up, Relaxed);
+    let end = drive(ws, sh, s).await;
+    sh.online[slot].store(false, Relaxed);
+    sh.live.connected.fetch_sub(1, Relaxed);
+    flush_batch(sh, s);
+    if let Some(a) = &mut s.out.acks {
+        let n = a.connection_closed(matches!(end, End::Ours { .. }));
+        sh.live.acks_waiting.fetch_sub(n, Relaxed);
+    }
+    match end {
+        End::Ours { clean } => {
+            s.out.closed_by_us = true;
+            s.out.clean_close = clean;
+            true
+        }
+        End::Unexpected(why) => {
+            sh.live.count_error("close");
+            *s.out.unexpected_closes.entry(why).or_default() += 1;
+            sh.live.errors.fetch_add(1, Relaxed);
+            false
+        }
+    }
 }
 
 /// `retry` counts earlier attempts: each retry moves to the next target, as a real client
@@ -418,7 +440,12 @@ fn on_message(sh: &Shared, s: &mut Slot, m: Message) -> Option<u16> {
     s.out.frames.received += 1;
     match wire::parse(text) {
         Incoming::Stamped { kind, sender_slot, seq, intended_ns, .. } => {
-            count_bounded(&mut s.out.frames.by_type, &kind, 1);
+            // The common case without a map lookup: folded into `by_type` at the end.
+            if kind == "chat_message" {
+                s.chat_frames += 1;
+            } else {
+                count_bounded(&mut s.out.frames.by_type, &kind, 1);
+            }
             on_stamp(sh, s, sender_slot, seq, intended_ns, text);
         }
         Incoming::Ack { id, online } => {

@@ -77,6 +77,11 @@ pub struct ConnectionStats {
     /// Of those, the ones whose server answered with its own close frame in time (RFC 6455
     /// asks it to; a server that just drops the TCP connection shows here).
     pub clean_closes: u64,
+    /// This process's memory per connection: RSS growth from before the first connection to
+    /// when all were up, divided by the connections up (Linux; absent elsewhere). Before any
+    /// traffic, so it is the cost of an idle connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_kib_per_connection: Option<f64>,
 }
 
 /// Counts about messages.
@@ -461,6 +466,8 @@ impl ConnectionStats {
         self.closed_by_us += o.closed_by_us;
         add_map(&mut self.unexpected_closes, &o.unexpected_closes);
         add_map(&mut self.connect_errors, &o.connect_errors);
+        // Shards are separate processes: the figure of one is as good as any.
+        self.rss_kib_per_connection = self.rss_kib_per_connection.or(o.rss_kib_per_connection);
     }
 }
 
