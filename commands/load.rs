@@ -42,7 +42,8 @@ wsctl load --url ws://127.0.0.1:8081/ws --clients 1000 --rate 5 --duration 30s -
 wsctl load --profile profiles/chat-10k.yaml --url ws://127.0.0.1:8081/ws --url ws://127.0.0.1:8082/ws --json run.json\n  \
 wsctl load --profile p.yaml --shard 1/2 --json a.json   (and 2/2 into b.json, then)  wsctl load merge a.json b.json\n  \
 wsctl load --url ws://127.0.0.1:8081/ws --ack --assert lost_after_ack=0 --assert unanswered=0 --assert 'ack_max<3s'\n  \
-wsctl load --url ws://127.0.0.1:8081/ws --duration 60s --json run.json --csv run.csv && wsctl load plot run.json -o run.svg"
+wsctl load --url ws://127.0.0.1:8081/ws --duration 60s --json run.json --csv run.csv && wsctl load plot run.json -o run.svg\n  \
+wsctl load --url ws://127.0.0.1:8081/ws --reconnect --resume --assert lost=0 --assert duplicated=0   (server with --history)"
 )]
 pub struct LoadArgs {
     #[command(subcommand)]
@@ -134,6 +135,11 @@ pub struct RunArgs {
     /// Reconnect closed connections (1012 drain, 4008, errors) with jittered backoff.
     #[arg(long)]
     pub reconnect: bool,
+    /// With --reconnect, against a server with history: reconnect with since=<last offset>&epoch=<epoch>.
+    /// Messages sent while a connection was down are then owed to it (replayed), and any
+    /// duplicate is a failure.
+    #[arg(long, requires = "reconnect")]
+    pub resume: bool,
     /// After the last send, wait up to this long for messages in flight. [default: 2s]
     #[arg(long, value_parser = parse_duration)]
     pub drain: Option<Duration>,
@@ -210,6 +216,7 @@ fn build_config(args: &RunArgs, profile: &Profile, file: &Path) -> anyhow::Resul
     }
     c.reconnect = args.reconnect || p.reconnect.unwrap_or(false);
     c.ack = args.ack || p.ack.unwrap_or(false);
+    c.resume = args.resume || p.resume.unwrap_or(false);
     // A flag rate beats any profile rate; a total beats a per-connection rate at the same level.
     let flag_rate = match (&args.total_rate, &args.rate) {
         (Some(t), _) => Some(Rate::Total(parse_rate(t)?)),
@@ -280,12 +287,13 @@ async fn run_load(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// The per-second series as CSV: one row per second, the columns of `SeriesPoint`.
 fn series_csv(r: &Report) -> String {
-    let mut out = String::from("t_s,sent,delivered,p50_ms,p99_ms,errors,errors_by_code,connections,acked_online,acked_offline,refused\n");
+    let mut out = String::from("t_s,dt_s,sent,delivered,p50_ms,p99_ms,errors,errors_by_code,connections,acked_online,acked_offline,refused\n");
     for p in &r.series {
         let codes = p.errors_by_code.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(";");
         out.push_str(&format!(
-            "{:.3},{},{},{:.3},{:.3},{},\"{}\",{},{},{},{}\n",
+            "{:.3},{:.3},{},{},{:.3},{:.3},{},\"{}\",{},{},{},{}\n",
             p.t,
+            p.dt_s,
             p.sent,
             p.delivered,
             p.p50_ms,

@@ -304,8 +304,8 @@ async fn csv_plot_and_a_bad_report_through_the_binary() {
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();
-    assert!(lines.next().unwrap().starts_with("t_s,sent,delivered,p50_ms,p99_ms,errors,"));
-    let sent: u64 = lines.map(|l| l.split(',').nth(1).unwrap().parse::<u64>().unwrap()).sum();
+    assert!(lines.next().unwrap().starts_with("t_s,dt_s,sent,delivered,p50_ms,p99_ms,errors,"));
+    let sent: u64 = lines.map(|l| l.split(',').nth(2).unwrap().parse::<u64>().unwrap()).sum();
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(sent, v["messages"]["sent"].as_u64().unwrap());
 
@@ -323,4 +323,120 @@ async fn csv_plot_and_a_bad_report_through_the_binary() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("bad.json") && stderr.contains("histograms.latency_us") && stderr.contains("not hex"), "{stderr}");
     node.stop().await;
+}
+
+/// A server with history (spec Part B): every envelope to a user gets `offset` (per user,
+/// increasing) and `epoch`; `since`/`epoch` on connect replays the kept messages after `since`,
+/// then `{"type":"recovery",...}`, then live ones, with no gap or duplicate at the seam (both
+/// happen under one lock). `kick` closes every connection once with 1012, mid-run.
+#[derive(Default)]
+struct History {
+    live: HashMap<String, mpsc::UnboundedSender<Message>>,
+    kept: HashMap<String, Vec<(u64, String)>>,
+    resumed: u64,
+}
+
+async fn history_server() -> (SocketAddr, Arc<Mutex<History>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state: Arc<Mutex<History>> = Arc::default();
+    let st = state.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(history_connection(stream, st.clone()));
+        }
+    });
+    (addr, state)
+}
+
+async fn history_connection(stream: tokio::net::TcpStream, state: Arc<Mutex<History>>) {
+    let mut query = Vec::new();
+    let cb = |req: &Request, resp: Response| {
+        query = url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()).into_owned().collect::<Vec<(String, String)>>();
+        Ok(resp)
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else { return };
+    let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.clone());
+    let user = get("userId").unwrap_or_default();
+    let since: Option<u64> = get("since").and_then(|s| s.parse().ok());
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    {
+        let mut h = state.lock().unwrap();
+        if let (Some(since), Some("e1")) = (since, get("epoch").as_deref()) {
+            let replay: Vec<String> = h.kept.get(&user).into_iter().flatten().filter(|(o, _)| *o > since).map(|(_, t)| t.clone()).collect();
+            for t in &replay {
+                let _ = tx.send(Message::text(t.clone()));
+            }
+            let _ = tx.send(Message::text(json!({"type": "recovery", "complete": true, "count": replay.len()}).to_string()));
+            h.resumed += 1;
+        }
+        h.live.insert(user.clone(), tx.clone());
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            let close = matches!(m, Message::Close(_));
+            if sink.send(m).await.is_err() || close {
+                break;
+            }
+        }
+    });
+    while let Some(Ok(m)) = stream.next().await {
+        let Message::Text(t) = m else {
+            if let Message::Close(f) = m {
+                let _ = tx.send(Message::Close(f));
+                break;
+            }
+            continue;
+        };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["type"] != "chat_message" {
+            continue;
+        }
+        let to = v["receiverID"].as_str().unwrap().to_string();
+        {
+            let mut h = state.lock().unwrap();
+            let kept = h.kept.entry(to.clone()).or_default();
+            let offset = kept.len() as u64 + 1;
+            let env = json!({"type": "chat_message", "payload": v["payload"], "receiverID": to, "senderId": user, "offset": offset, "epoch": "e1"});
+            kept.push((offset, python(&env)));
+            if let Some(target) = h.live.get(&to) {
+                let _ = target.send(Message::text(python(&env)));
+            }
+        }
+    }
+    {
+        let mut h = state.lock().unwrap();
+        if h.live.get(&user).is_some_and(|t| t.same_channel(&tx)) {
+            h.live.remove(&user);
+        }
+    }
+    let _ = writer.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_connections_get_what_they_missed_once() {
+    let (addr, state) = history_server().await;
+    let mut c = quick(addr, 10, 20.0);
+    c.duration = Duration::from_secs(3);
+    c.reconnect = true;
+    c.resume = true;
+    let live = Live::new();
+    let handle = tokio::spawn(wsctl::load::run(c, live.clone(), CancellationToken::new(), FD_LIMIT, 0));
+    support::eventually(Duration::from_secs(10), "traffic flowing", || {
+        let live = live.clone();
+        async move { live.snapshot().delivered > 100 }
+    })
+    .await;
+    // Drain every connection once: the clients reconnect with since/epoch.
+    let kicked: Vec<_> = state.lock().unwrap().live.drain().map(|(_, tx)| tx).collect();
+    for tx in kicked {
+        let _ = tx.send(Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: 1012.into(), reason: "".into() })));
+    }
+    let r = handle.await.unwrap().unwrap();
+    assert_eq!(r.connections.unexpected_closes.get("1012"), Some(&10), "{:?}", r.connections);
+    assert!(state.lock().unwrap().resumed >= 10, "every connection came back with since");
+    assert_eq!((r.audit.lost, r.audit.duplicated, r.audit.missed_while_offline, r.audit.sent_to_offline), (0, 0, 0, 0), "{:?}", r.audit);
+    assert_eq!(r.audit.expected, r.messages.sent, "everything sent is owed, down or not");
+    assert!(r.frames.by_type.get("recovery").is_some_and(|n| *n >= 10), "{:?}", r.frames.by_type);
 }

@@ -103,6 +103,8 @@ struct Slot {
     report_n: u64,
     /// Frames of type `chat_message` (see `on_message`).
     chat_frames: u64,
+    /// `--resume`: the highest history offset delivered to this connection, and its epoch.
+    resume_from: Option<(u64, String)>,
 }
 
 impl Slot {
@@ -124,11 +126,13 @@ impl Slot {
             next_report: None,
             last_send_wake: now,
             connected_since: now,
-            batch: Vec::with_capacity(LATENCY_BATCH),
+            // Allocated on the first delivery: an idle connection does not pay for it.
+            batch: Vec::new(),
             batch_since: now,
             report_sum_us: 0,
             report_n: 0,
             chat_frames: 0,
+            resume_from: None,
         }
     }
 }
@@ -142,7 +146,9 @@ pub(crate) async fn run_slot(sh: Arc<Shared>, slot: u32) -> SlotOutcome {
             break;
         }
         let attempt = tokio::select! {
-            r = connect(&sh, slot, s.out.failed_attempts + s.out.reconnects) => Some(r),
+            // Boxed: the handshake's state is large and short-lived; inline, it would size every
+            // slot's task for the whole run (~2 KiB of RSS per idle connection).
+            r = Box::pin(connect(&sh, slot, s.out.failed_attempts + s.out.reconnects, s.resume_from.as_ref())) => Some(r),
             _ = sh.close.cancelled() => None,
         };
         if first {
@@ -216,7 +222,8 @@ async fn connected(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> bool {
 
 /// `retry` counts earlier attempts: each retry moves to the next target, as a real client
 /// behind a load balancer would land anywhere (a drained node's users move to the others).
-async fn connect(sh: &Shared, slot: u32, retry: u64) -> Result<Ws, String> {
+/// `resume` adds `since` and `epoch` to the URL (`--resume`).
+async fn connect(sh: &Shared, slot: u32, retry: u64, resume: Option<&(u64, String)>) -> Result<Ws, String> {
     let target = ((sh.plan.target_of(slot) as u64 + retry) % sh.plan.targets as u64) as usize;
     let addr = sh.addrs[target];
     let started = Instant::now();
@@ -229,7 +236,12 @@ async fn connect(sh: &Shared, slot: u32, retry: u64) -> Result<Ws, String> {
         let stream = sock.connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
         // Small frames: Nagle plus delayed ACKs would add tens of ms to every message.
         let _ = stream.set_nodelay(true);
-        let url = super::config::connection_url(&sh.bases[target], &sh.plan.names[sh.plan.user_of(slot) as usize], &[]);
+        let since = resume.map(|(offset, _)| offset.to_string());
+        let extra: Vec<(&str, &str)> = match (resume, &since) {
+            (Some((_, epoch)), Some(since)) => vec![("since", since.as_str()), ("epoch", epoch.as_str())],
+            _ => Vec::new(),
+        };
+        let url = super::config::connection_url(&sh.bases[target], &sh.plan.names[sh.plan.user_of(slot) as usize], &extra);
         let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(sh.ws_config))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
@@ -405,6 +417,12 @@ fn pick_and_count(sh: &Shared, s: &mut Slot) -> (u32, i64, u32) {
     let c = sh.plan.connections_per_user;
     let to = sh.plan.pick(s.user, &mut s.rng);
     let first = to * c;
+    if sh.config.resume {
+        // History replays what a resuming connection missed: every connection is owed it.
+        let n = s.out.sent_counts.entry(to).or_insert(0);
+        *n += 1;
+        return (to, i64::from(*n - 1), c);
+    }
     let up = (first..first + c).filter(|&k| sh.online[k as usize].load(Relaxed)).count() as u32;
     if up == 0 {
         s.out.sent_to_offline += 1;
@@ -439,7 +457,10 @@ fn on_message(sh: &Shared, s: &mut Slot, m: Message) -> Option<u16> {
     };
     s.out.frames.received += 1;
     match wire::parse(text) {
-        Incoming::Stamped { kind, sender_slot, seq, intended_ns, .. } => {
+        Incoming::Stamped { kind, sender_slot, seq, intended_ns, offset, epoch } => {
+            if let (true, Some(offset)) = (sh.config.resume, offset) {
+                note_offset(s, offset, epoch.as_deref());
+            }
             // The common case without a map lookup: folded into `by_type` at the end.
             if kind == "chat_message" {
                 s.chat_frames += 1;
@@ -480,6 +501,19 @@ fn on_message(sh: &Shared, s: &mut Slot, m: Message) -> Option<u16> {
     }
     None
 }
+
+/// Keeps the highest offset seen (and its epoch) to resume from. A new epoch replaces the old
+/// one whatever its offsets: the server lost that history and numbers afresh.
+fn note_offset(s: &mut Slot, offset: u64, epoch: Option<&str>) {
+    let epoch = epoch.unwrap_or_default();
+    match &mut s.resume_from {
+        Some((o, e)) if e == epoch => *o = (*o).max(offset),
+        _ => s.resume_from = Some((offset, epoch.chars().take(MAX_EPOCH).collect())),
+    }
+}
+
+/// Longest epoch kept (a server's epoch is an id, not a document).
+const MAX_EPOCH: usize = 256;
 
 fn unrecognized(s: &mut Slot, why: Unrecognized, text: &str) {
     let f = &mut s.out.frames;
@@ -551,7 +585,8 @@ fn flush_batch(sh: &Shared, s: &mut Slot) {
     let shard = &sh.live.latency[s.out.slot as usize % sh.live.latency.len()];
     let mut g = shard.lock().unwrap_or_else(|p| p.into_inner());
     for &us in &s.batch {
-        g.interval.saturating_record(us);
+        g.total.saturating_record(us);
+        g.interval.saturating_record(us.min(super::WINDOW_MAX_US));
     }
     drop(g);
     s.batch.clear();

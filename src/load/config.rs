@@ -105,6 +105,9 @@ pub struct LoadConfig {
     pub connect_timeout: Duration,
     /// Every chat send carries an `id`; the server's ack or error is matched and audited.
     pub ack: bool,
+    /// With `reconnect`: reconnect with `since=<last offset>&epoch=<epoch>` (server history);
+    /// everything sent to a user while its connection was down is then owed to it.
+    pub resume: bool,
 }
 
 impl LoadConfig {
@@ -129,6 +132,7 @@ impl LoadConfig {
             user_prefix: "load-".to_string(),
             connect_timeout: Duration::from_secs(10),
             ack: false,
+            resume: false,
         }
     }
 
@@ -168,6 +172,9 @@ impl LoadConfig {
             target_addr(u)?;
         }
         self.validate_counts()?;
+        if self.resume && !self.reconnect {
+            return Err(ConfigError::Invalid { what: "resume", value: "--resume".into(), hint: "--reconnect as well (resuming is how a reconnect catches up)" });
+        }
         self.validate_rates()?;
         self.validate_pattern()?;
         if self.duration.is_zero() {
@@ -408,6 +415,8 @@ pub struct Profile {
     pub connect_timeout: Option<String>,
     /// Ask the server to ack every send (`--ack`).
     pub ack: Option<bool>,
+    /// Resume from the last offset on reconnect (`--resume`).
+    pub resume: Option<bool>,
     /// Thresholds, as `--assert`.
     #[serde(default)]
     pub assert: Vec<String>,

@@ -49,8 +49,9 @@ use schedule::Plan;
 
 /// tungstenite's read buffer per connection. Its default (128 KiB) would cost ~135 KiB RSS per
 /// connection; our frames are a few hundred bytes. tungstenite zero-fills this much before
-/// every read, which at 4 KiB was 2% of the generator's CPU: 2 KiB still takes ~10 frames a read.
-pub const READ_BUFFER: usize = 2 * 1024;
+/// every read, which at 4 KiB was 2% of the generator's CPU; 1 KiB still takes ~6 frames a read
+/// and keeps an idle connection under 8 KiB.
+pub const READ_BUFFER: usize = 1024;
 /// Frames are batched up to this before a write syscall (we feed a tick's frames, then flush).
 pub const WRITE_BUFFER: usize = 4 * 1024;
 /// Cap on bytes buffered for one connection: a tick's burst of max-size frames fits; beyond it
@@ -75,10 +76,20 @@ pub const SERIES_TICK: Duration = Duration::from_secs(1);
 /// Longest series kept: a day of seconds (a point is ~100 bytes). Longer runs keep their first day.
 const MAX_SERIES_POINTS: usize = 86_400;
 
-/// A histogram shard: samples of the current progress interval, and everything before it.
+/// A histogram shard: every sample of the run, and the samples of the current series second.
+/// Each sample goes into both: folding a full-range histogram into another every second cost
+/// the generator a few milliseconds of its one thread (late sends), a small one costs nothing.
 pub struct LatencyShard {
     interval: Histogram<u64>,
     total: Histogram<u64>,
+}
+
+/// Highest latency the per-second window tells apart (60 s, 2 significant digits: ~27 KB per
+/// shard instead of ~240 KB); slower samples are clamped to it in the window, not the total.
+const WINDOW_MAX_US: u64 = 60_000_000;
+
+fn new_window() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, WINDOW_MAX_US, 2).expect("static histogram bounds are valid")
 }
 
 /// The phase a run is in, for progress display.
@@ -124,6 +135,7 @@ pub struct Live {
 struct Series {
     points: Vec<SeriesPoint>,
     last: [u64; 6],
+    last_t: f64,
 }
 
 /// A progress sample.
@@ -157,7 +169,7 @@ impl Default for Live {
             acked_offline: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             phase: AtomicU8::new(0),
-            latency: (0..LATENCY_SHARDS).map(|_| Mutex::new(LatencyShard { interval: new_histogram(), total: new_histogram() })).collect(),
+            latency: (0..LATENCY_SHARDS).map(|_| Mutex::new(LatencyShard { interval: new_window(), total: new_histogram() })).collect(),
             ack_latency: (0..LATENCY_SHARDS).map(|_| Mutex::new(new_histogram())).collect(),
             connect_hist: Mutex::new(new_histogram()),
             error_codes: Mutex::default(),
@@ -204,26 +216,27 @@ impl Live {
     /// Folds the latency samples since the previous call into the totals and appends a series
     /// point at `t` seconds. The engine calls it every [`SERIES_TICK`], and once at the end.
     fn tick(&self, t: f64) {
-        let mut window = new_histogram();
+        let mut window = new_window();
         for shard in &self.latency {
             let mut g = lock(shard);
-            let LatencyShard { interval, total } = &mut *g;
             // Same bounds on both sides: adding cannot fail.
-            let _ = total.add(&*interval);
-            let _ = window.add(&*interval);
-            interval.reset();
+            let _ = window.add(&g.interval);
+            g.interval.reset();
         }
         let errors_by_code = std::mem::take(&mut *lock(&self.error_codes));
         let now = [&self.sent, &self.delivered, &self.errors, &self.acked_online, &self.acked_offline, &self.refused].map(|c| c.load(Relaxed));
         let mut series = lock(&self.series);
         let d: Vec<u64> = now.iter().zip(series.last).map(|(n, l)| n.saturating_sub(l)).collect();
         series.last = now;
+        let dt_s = ((t - series.last_t) * 1000.0).round() / 1000.0;
+        series.last_t = t;
         if series.points.len() >= MAX_SERIES_POINTS {
             return;
         }
         let q = |p: f64| if window.is_empty() { 0.0 } else { window.value_at_quantile(p) as f64 / 1000.0 };
         series.points.push(SeriesPoint {
             t: (t * 1000.0).round() / 1000.0,
+            dt_s,
             sent: d[0],
             delivered: d[1],
             p50_ms: q(0.5),
@@ -249,9 +262,7 @@ impl Live {
     fn total_latency(&self) -> Histogram<u64> {
         let mut all = new_histogram();
         for shard in &self.latency {
-            let g = lock(shard);
-            let _ = all.add(&g.total);
-            let _ = all.add(&g.interval);
+            let _ = all.add(&lock(shard).total);
         }
         all
     }

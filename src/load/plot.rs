@@ -10,12 +10,12 @@ use super::report::{Report, SeriesPoint};
 
 /// Canvas size in px: readable on a laptop screen and in a PR.
 const WIDTH: f64 = 1100.0;
-const PANEL_HEIGHT: f64 = 210.0;
+const PANEL_HEIGHT: f64 = 170.0;
 /// Room for the y-axis labels (left), the legend (right), and titles between panels.
 const LEFT: f64 = 90.0;
 const RIGHT: f64 = 190.0;
 const TOP: f64 = 60.0;
-const GAP: f64 = 60.0;
+const GAP: f64 = 52.0;
 /// Line colours: colour-blind-safe (Okabe-Ito).
 const BLUE: &str = "#0072B2";
 const GREEN: &str = "#009E73";
@@ -28,6 +28,13 @@ struct Line<'a> {
     color: &'a str,
     dashed: bool,
     value: fn(&SeriesPoint) -> f64,
+    /// Drawn only where this holds (latency: only seconds with deliveries).
+    defined: fn(&SeriesPoint) -> bool,
+}
+
+/// Per second, whatever the point's width (a busy runtime can stretch a tick).
+fn per_s(n: u64, p: &SeriesPoint) -> f64 {
+    n as f64 / if p.dt_s > 0.0 { p.dt_s } else { 1.0 }
 }
 
 struct Panel<'a> {
@@ -43,22 +50,22 @@ pub fn svg(r: &Report) -> String {
             title: "Throughput",
             unit: "messages / s",
             lines: vec![
-                Line { label: "sent/s", color: BLUE, dashed: false, value: |p| p.sent as f64 },
-                Line { label: "delivered/s", color: GREEN, dashed: true, value: |p| p.delivered as f64 },
+                Line { label: "sent/s", color: BLUE, dashed: false, value: |p| per_s(p.sent, p), defined: |_| true },
+                Line { label: "delivered/s", color: GREEN, dashed: true, value: |p| per_s(p.delivered, p), defined: |_| true },
             ],
         },
         Panel {
             title: "End-to-end latency of the deliveries in each second",
             unit: "ms",
             lines: vec![
-                Line { label: "p50", color: ORANGE, dashed: false, value: |p| p.p50_ms },
-                Line { label: "p99", color: RED, dashed: false, value: |p| p.p99_ms },
+                Line { label: "p50", color: ORANGE, dashed: false, value: |p| p.p50_ms, defined: |p| p.delivered > 0 },
+                Line { label: "p99", color: RED, dashed: false, value: |p| p.p99_ms, defined: |p| p.delivered > 0 },
             ],
         },
         Panel {
             title: "Connections up",
             unit: "connections",
-            lines: vec![Line { label: "connections", color: PURPLE, dashed: false, value: |p| p.connections as f64 }],
+            lines: vec![Line { label: "connections", color: PURPLE, dashed: false, value: |p| p.connections as f64, defined: |_| true }],
         },
     ];
     let height = TOP + panels.len() as f64 * (PANEL_HEIGHT + GAP) + 10.0;
@@ -77,6 +84,9 @@ pub fn svg(r: &Report) -> String {
     for (i, panel) in panels.iter().enumerate() {
         let y0 = TOP + i as f64 * (PANEL_HEIGHT + GAP);
         draw_panel(&mut out, panel, &r.series, y0, t_max, r.run.traffic_start_s);
+        if i + 1 == panels.len() {
+            let _ = write!(out, r#"<text x="{}" y="{}" text-anchor="end">seconds since the run started</text>"#, WIDTH - RIGHT, y0 + PANEL_HEIGHT + 36.0);
+        }
     }
     out.push_str("</svg>\n");
     out
@@ -84,7 +94,7 @@ pub fn svg(r: &Report) -> String {
 
 fn draw_panel(out: &mut String, panel: &Panel<'_>, series: &[SeriesPoint], y0: f64, t_max: f64, traffic_start: f64) {
     let plot_w = WIDTH - LEFT - RIGHT;
-    let y_max = series.iter().flat_map(|p| panel.lines.iter().map(move |l| (l.value)(p))).fold(0.0, f64::max);
+    let y_max = series.iter().flat_map(|p| panel.lines.iter().filter(move |l| (l.defined)(p)).map(move |l| (l.value)(p))).fold(0.0, f64::max);
     let (step, top) = nice_axis(y_max);
     let x = |t: f64| LEFT + t / t_max * plot_w;
     let y = |v: f64| y0 + PANEL_HEIGHT - v / top * PANEL_HEIGHT;
@@ -113,7 +123,6 @@ fn draw_panel(out: &mut String, panel: &Panel<'_>, series: &[SeriesPoint], y0: f
         let _ = write!(out, r#"<text x="{xx:.1}" y="{}" text-anchor="middle">{}</text>"#, y0 + PANEL_HEIGHT + 19.0, fmt_num(t));
         t += t_step;
     }
-    let _ = write!(out, r#"<text x="{}" y="{}" text-anchor="end">seconds since the run started</text>"#, LEFT + plot_w, y0 + PANEL_HEIGHT + 36.0);
     let _ = write!(out, r##"<rect x="{LEFT}" y="{y0}" width="{plot_w}" height="{PANEL_HEIGHT}" fill="none" stroke="#333"/>"##);
     if traffic_start > 0.0 && traffic_start < t_max {
         let xx = x(traffic_start);
@@ -121,7 +130,7 @@ fn draw_panel(out: &mut String, panel: &Panel<'_>, series: &[SeriesPoint], y0: f
         let _ = write!(out, r##"<text x="{:.1}" y="{}" fill="#666" font-size="11">traffic starts</text>"##, xx + 4.0, y0 + 14.0);
     }
     for (i, line) in panel.lines.iter().enumerate() {
-        let points: Vec<String> = series.iter().map(|p| format!("{:.1},{:.1}", x(p.t), y((line.value)(p)))).collect();
+        let points: Vec<String> = series.iter().filter(|p| (line.defined)(p)).map(|p| format!("{:.1},{:.1}", x(p.t), y((line.value)(p)))).collect();
         let dash = if line.dashed { r#" stroke-dasharray="7,4""# } else { "" };
         let _ = write!(out, r#"<polyline fill="none" stroke="{}" stroke-width="2"{dash} points="{}"/>"#, line.color, points.join(" "));
         // Legend, right of the panel.
@@ -172,7 +181,7 @@ mod tests {
     #[test]
     fn an_svg_is_drawn_for_a_series() {
         let mut r = Report::default();
-        r.series = (1..=10).map(|t| SeriesPoint { t: f64::from(t), sent: 100, delivered: 99, p99_ms: 2.5, connections: 50, ..SeriesPoint::default() }).collect();
+        r.series = (1..=10).map(|t| SeriesPoint { t: f64::from(t), dt_s: 1.0, sent: 100, delivered: 99, p99_ms: 2.5, connections: 50, ..SeriesPoint::default() }).collect();
         let s = svg(&r);
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
         assert_eq!(s.matches("<polyline").count(), 5);

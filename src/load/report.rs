@@ -221,6 +221,10 @@ pub struct SeriesPoint {
     /// End of this second, in seconds since the run started (traffic starts at
     /// `run.traffic_start_s`).
     pub t: f64,
+    /// This point's width in seconds: 1, unless the runtime was too busy to sample on time
+    /// (then the counts cover `dt_s` seconds).
+    #[serde(default)]
+    pub dt_s: f64,
     pub sent: u64,
     pub delivered: u64,
     /// End-to-end latency of the deliveries in this second, in ms (0 when none).
@@ -437,6 +441,7 @@ fn merge_series(into: &mut Vec<SeriesPoint>, from: &[SeriesPoint]) {
     for p in from {
         match into.iter_mut().find(|q| (q.t - p.t).abs() < 0.5) {
             Some(q) => {
+                q.dt_s = q.dt_s.max(p.dt_s);
                 q.sent += p.sent;
                 q.delivered += p.delivered;
                 q.p50_ms = q.p50_ms.max(p.p50_ms);
