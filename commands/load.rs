@@ -13,12 +13,15 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use wsctl::load::config::{parse_rate, parse_shard, parse_source_ips};
-use wsctl::load::{Assertion, AssertionResult, Live, LoadConfig, Pattern, Phase, Profile, Rate, Report};
+use wsctl::load::{Assertion, AssertionResult, Diagnosis, Live, LoadConfig, Pattern, Phase, Profile, Rate, Report};
 
 use crate::util::{parse_duration, raise_fd_limit};
 
 /// Exit code when a threshold fails (k6 uses the same).
 const THRESHOLD_FAILED: u8 = 99;
+/// Exit code when frames came back and not one carried a stamp of this run: the figures say
+/// nothing about the server (issue 12), so the run must not pass as an ordinary one.
+const NOTHING_RECOGNIZED: u8 = 3;
 /// The smoke profile, built in for `--spawn-local`.
 const SMOKE_PROFILE: &str = include_str!("../profiles/smoke.yaml");
 /// How often the progress line refreshes.
@@ -31,11 +34,16 @@ const PROGRESS_TICK: Duration = Duration::from_secs(1);
 Thresholds (--assert, repeatable): METRIC OP VALUE with OP one of < <= > >= = !=, durations in ms/s.\n\
   metrics: p50 p90 p99 p99.9 max mean connect_p50 connect_p99 connect_max lost duplicated reordered\n\
            sent delivered delivered_per_s sent_per_s connected never_connected reconnects errors unexpected_closes\n\
-Exit codes: 0 ok, 1 error, 99 a threshold failed.\n\
+           foreign late_sends, and with --ack: lost_after_ack unanswered refused acked_offline ack_p50 ack_p99 ack_max\n\
+Exit codes: 0 ok, 1 error, 3 frames arrived but none was a message of this run (the table shows\n\
+  their types and an example), 99 a threshold failed.\n\
 Examples:\n  wsctl load --spawn-local\n  \
 wsctl load --url ws://127.0.0.1:8081/ws --clients 1000 --rate 5 --duration 30s --assert 'p99<50ms' --assert lost=0\n  \
 wsctl load --profile profiles/chat-10k.yaml --url ws://127.0.0.1:8081/ws --url ws://127.0.0.1:8082/ws --json run.json\n  \
-wsctl load --profile p.yaml --shard 1/2 --json a.json   (and 2/2 into b.json, then)  wsctl load merge a.json b.json"
+wsctl load --profile p.yaml --shard 1/2 --json a.json   (and 2/2 into b.json, then)  wsctl load merge a.json b.json\n  \
+wsctl load --url ws://127.0.0.1:8081/ws --ack --assert lost_after_ack=0 --assert unanswered=0 --assert 'ack_max<3s'\n  \
+wsctl load --url ws://127.0.0.1:8081/ws --duration 60s --json run.json --csv run.csv && wsctl load plot run.json -o run.svg\n  \
+wsctl load --url ws://127.0.0.1:8081/ws --reconnect --resume --assert lost=0 --assert duplicated=0   (server with --history)"
 )]
 pub struct LoadArgs {
     #[command(subcommand)]
@@ -49,6 +57,18 @@ pub enum LoadCommand {
     /// Merge the JSON reports of several shards (--shard I/N) into one: histograms are added, so
     /// percentiles are those of all samples, not averages.
     Merge(MergeArgs),
+    /// Draw a --json report's per-second series (sent/s, delivered/s, p50/p99, connections) as
+    /// an SVG.
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// A report written with --json (or by `wsctl load merge --json`).
+    pub file: PathBuf,
+    /// The SVG to write.
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +135,11 @@ pub struct RunArgs {
     /// Reconnect closed connections (1012 drain, 4008, errors) with jittered backoff.
     #[arg(long)]
     pub reconnect: bool,
+    /// With --reconnect, against a server with history: reconnect with since=<last offset>&epoch=<epoch>.
+    /// Messages sent while a connection was down are then owed to it (replayed), and any
+    /// duplicate is a failure.
+    #[arg(long, requires = "reconnect")]
+    pub resume: bool,
     /// After the last send, wait up to this long for messages in flight. [default: 2s]
     #[arg(long, value_parser = parse_duration)]
     pub drain: Option<Duration>,
@@ -128,9 +153,17 @@ pub struct RunArgs {
     /// --json reports with `wsctl load merge`. Receivers are picked within the shard.
     #[arg(long)]
     pub shard: Option<String>,
-    /// Write the full report (every figure, histograms serialized) to this file.
+    /// Every chat send carries an id; the server's ack or error is matched: the report separates
+    /// sends the server refused (by code) or found offline from those lost after it accepted
+    /// them, and gives the ack latency and the sends never answered.
+    #[arg(long)]
+    pub ack: bool,
+    /// Write the full report (every figure, histograms serialized, per-second series) to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write the per-second series as CSV to this file.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
     /// Threshold, e.g. 'p99<50ms' or 'lost=0' (repeatable); any failure exits with 99.
     #[arg(long = "assert")]
     pub asserts: Vec<String>,
@@ -142,6 +175,7 @@ pub struct RunArgs {
 pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(LoadCommand::Merge(m)) => merge(m),
+        Some(LoadCommand::Plot(p)) => plot(p),
         None => run_load(args.run).await,
     }
 }
@@ -181,6 +215,8 @@ fn build_config(args: &RunArgs, profile: &Profile, file: &Path) -> anyhow::Resul
         c.shard = parse_shard(s)?;
     }
     c.reconnect = args.reconnect || p.reconnect.unwrap_or(false);
+    c.ack = args.ack || p.ack.unwrap_or(false);
+    c.resume = args.resume || p.resume.unwrap_or(false);
     // A flag rate beats any profile rate; a total beats a per-connection rate at the same level.
     let flag_rate = match (&args.total_rate, &args.rate) {
         (Some(t), _) => Some(Rate::Total(parse_rate(t)?)),
@@ -243,7 +279,46 @@ async fn run_load(args: RunArgs) -> anyhow::Result<ExitCode> {
         let _ = server.await;
     }
     let report = result.context("load run")?;
+    if let Some(path) = &args.csv {
+        std::fs::write(path, series_csv(&report)).with_context(|| format!("writing {}", path.display()))?;
+    }
     finish(&report, &asserts, args.json.as_deref())
+}
+
+/// The per-second series as CSV: one row per second, the columns of `SeriesPoint`.
+fn series_csv(r: &Report) -> String {
+    let mut out = String::from("t_s,dt_s,sent,delivered,p50_ms,p99_ms,errors,errors_by_code,connections,acked_online,acked_offline,refused\n");
+    for p in &r.series {
+        let codes = p.errors_by_code.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(";");
+        out.push_str(&format!(
+            "{:.3},{:.3},{},{},{:.3},{:.3},{},\"{}\",{},{},{},{}\n",
+            p.t,
+            p.dt_s,
+            p.sent,
+            p.delivered,
+            p.p50_ms,
+            p.p99_ms,
+            p.errors,
+            codes.replace('"', "'"),
+            p.connections,
+            p.acked_online,
+            p.acked_offline,
+            p.refused
+        ));
+    }
+    out
+}
+
+fn plot(args: PlotArgs) -> anyhow::Result<ExitCode> {
+    let r = read_report(&args.file)?;
+    let svg = wsctl::load::plot::svg(&r);
+    std::fs::write(&args.output, svg).with_context(|| format!("writing {}", args.output.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_report(f: &Path) -> anyhow::Result<Report> {
+    let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a wsctl load --json report", f.display()))
 }
 
 /// Draws the summary, writes the JSON, checks the thresholds.
@@ -272,6 +347,10 @@ fn finish(report: &Report, asserts: &[Assertion], json: Option<&Path>) -> anyhow
         eprintln!("wsctl load: {} of {} thresholds failed", results.iter().filter(|r| !r.passed).count(), results.len());
         return Ok(ExitCode::from(THRESHOLD_FAILED));
     }
+    if report.diagnosis == Diagnosis::NothingRecognized {
+        eprintln!("wsctl load: {} frames arrived and none was a message of this run: nothing was measured (see \"frames\" above)", report.frames.received);
+        return Ok(ExitCode::from(NOTHING_RECOGNIZED));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -279,8 +358,8 @@ fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
     let asserts = args.asserts.iter().map(|a| Assertion::parse(a)).collect::<Result<Vec<_>, _>>()?;
     let mut reports = Vec::new();
     for f in &args.files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        let r: Report = serde_json::from_str(&text).with_context(|| format!("{} is not a wsctl load --json report", f.display()))?;
+        let r = read_report(f)?;
+        r.check_histograms().with_context(|| format!("{} is not a usable report", f.display()))?;
         reports.push(r);
     }
     let merged = Report::merge(&reports)?;
@@ -341,10 +420,11 @@ fn summary(r: &Report) -> Table {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let rows: Vec<(&str, String)> = vec![
+    let mut rows: Vec<(&str, String)> = vec![
         ("run", format!("{} users x {} conn, {} pattern, {:.2} msgs/s per conn, shards {}", r.run.clients, r.run.connections_per_user, r.run.pattern, r.run.rate_per_connection, r.run.shards.join(","))),
         ("connections", format!("{} target, {} up at start, {} peak, {} never connected", c.target, c.connected_at_start, c.peak, c.never_connected)),
         ("connect time", pct(&r.connect_ms)),
+        ("memory (this process)", c.rss_kib_per_connection.map_or("-".to_string(), |k| format!("{k:.1} KiB RSS per idle connection"))),
         ("failed attempts / reconnects", format!("{} / {}", c.failed_attempts, c.reconnects)),
         ("unexpected closes", closes),
         ("connect errors", if c.connect_errors.is_empty() { "none".to_string() } else { c.connect_errors.iter().map(|(k, v)| format!("{v} x {k}")).collect::<Vec<_>>().join("\n") }),
@@ -352,14 +432,49 @@ fn summary(r: &Report) -> Table {
         ("messages", format!("{} sent, {} delivered in {:.1} s", m.sent, m.delivered, m.traffic_seconds)),
         ("throughput", format!("{:.0} sent/s, {:.0} delivered/s", m.sent_per_s, m.delivered_per_s)),
         ("latency (end to end)", pct(&r.latency_ms)),
-        ("audit", format!("{} owed, {} received, {} lost, {} duplicated, {} reordered", a.expected, a.received, a.lost, a.duplicated, a.reordered)),
+    ];
+    match r.diagnosis {
+        Diagnosis::NothingArrived => rows.push(("audit", format!("NOT MEASURED: {} messages sent and not one frame came back from the server", m.sent))),
+        Diagnosis::NothingRecognized => rows.push(("audit", "NOT MEASURED: frames came back, but none was a message of this run (see frames)".to_string())),
+        _ => rows.push(("audit", format!("{} owed, {} received, {} lost, {} duplicated, {} reordered", a.expected, a.received, a.lost, a.duplicated, a.reordered))),
+    }
+    rows.push(("frames", frames_row(&r.frames)));
+    if let Some(k) = &r.acks {
+        rows.push(("acks (--ack)", acks_row(k)));
+    }
+    rows.extend([
         ("offline", format!("{} sent to offline users ({} arrived anyway), {} owed to reconnecting connections, {} sends missed", a.sent_to_offline, a.offline_delivered, a.missed_while_offline, m.missed_sends)),
         ("late sends", format!("{} (sender lag, counted in latency)", m.late_sends)),
         ("heartbeats / latency reports", format!("{} / {}", m.heartbeats, m.latency_reports)),
         ("server errors", errors),
-    ];
+    ]);
     for (k, v) in rows {
         t.add_row(vec![Cell::new(k), Cell::new(v)]);
     }
     t
+}
+
+fn frames_row(f: &wsctl::load::FrameStats) -> String {
+    let types = f.by_type.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ");
+    let mut out = format!("{} received ({}), {} with a stamp of this run", f.received, if types.is_empty() { "none" } else { &types }, f.stamped);
+    for (why, n) in &f.unrecognized {
+        out.push_str(&format!("\n{n} not counted: {why}"));
+        if let Some(sample) = f.samples.get(why) {
+            out.push_str(&format!("\n  e.g. {sample}"));
+        }
+    }
+    out
+}
+
+fn acks_row(k: &wsctl::load::AckStats) -> String {
+    let refused = if k.refused.is_empty() { "none".to_string() } else { k.refused.iter().map(|(c, n)| format!("{c}: {n}")).collect::<Vec<_>>().join(", ") };
+    let l = &k.latency_ms;
+    format!(
+        "{} sent with an id: {} online, {} offline, refused {refused}\n\
+         {} unanswered ({} more on connections that closed), {} answers for unknown ids\n\
+         LOST AFTER ACK: {} (accepted online, never delivered to a receiver connection that was up)\n\
+         {} refused/offline/unanswered sends arrived anyway, {} untracked\n\
+         ack latency p50 {:.2}  p99 {:.2}  max {:.2} ms (n={})",
+        k.sent_with_id, k.online, k.offline, k.unanswered, k.unanswered_closed, k.unknown_ids, k.lost_after_ack, k.refused_arrived, k.untracked, l.p50_ms, l.p99_ms, l.max_ms, l.count
+    )
 }

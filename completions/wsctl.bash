@@ -91,6 +91,9 @@ _wsctl() {
             wsctl__subcmd__help__subcmd__load,merge)
                 cmd="wsctl__subcmd__help__subcmd__load__subcmd__merge"
                 ;;
+            wsctl__subcmd__help__subcmd__load,plot)
+                cmd="wsctl__subcmd__help__subcmd__load__subcmd__plot"
+                ;;
             wsctl__subcmd__help__subcmd__metrics,tail)
                 cmd="wsctl__subcmd__help__subcmd__metrics__subcmd__tail"
                 ;;
@@ -115,11 +118,17 @@ _wsctl() {
             wsctl__subcmd__load,merge)
                 cmd="wsctl__subcmd__load__subcmd__merge"
                 ;;
+            wsctl__subcmd__load,plot)
+                cmd="wsctl__subcmd__load__subcmd__plot"
+                ;;
             wsctl__subcmd__load__subcmd__help,help)
                 cmd="wsctl__subcmd__load__subcmd__help__subcmd__help"
                 ;;
             wsctl__subcmd__load__subcmd__help,merge)
                 cmd="wsctl__subcmd__load__subcmd__help__subcmd__merge"
+                ;;
+            wsctl__subcmd__load__subcmd__help,plot)
+                cmd="wsctl__subcmd__load__subcmd__help__subcmd__plot"
                 ;;
             wsctl__subcmd__metrics,help)
                 cmd="wsctl__subcmd__metrics__subcmd__help"
@@ -462,7 +471,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__help__subcmd__load)
-            opts="merge"
+            opts="merge plot"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -476,6 +485,20 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__help__subcmd__load__subcmd__merge)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wsctl__subcmd__help__subcmd__load__subcmd__plot)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -616,7 +639,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__load)
-            opts="-c -d -h -V --profile --url --spawn-local --clients --connections-per-user --ramp --duration --rate --total-rate --pattern --hot-users --payload-size --heartbeat --latency-report --source-ip --reconnect --drain --user-prefix --connect-timeout --shard --json --assert --quiet --log-format --threads --help --version merge help"
+            opts="-c -d -h -V --profile --url --spawn-local --clients --connections-per-user --ramp --duration --rate --total-rate --pattern --hot-users --payload-size --heartbeat --latency-report --source-ip --reconnect --resume --drain --user-prefix --connect-timeout --shard --ack --json --csv --assert --quiet --log-format --threads --help --version merge plot help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -706,6 +729,10 @@ _wsctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --csv)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --assert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -726,7 +753,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__load__subcmd__help)
-            opts="merge help"
+            opts="merge plot help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -767,6 +794,20 @@ _wsctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        wsctl__subcmd__load__subcmd__help__subcmd__plot)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         wsctl__subcmd__load__subcmd__merge)
             opts="-h -V --json --assert --log-format --threads --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -779,6 +820,36 @@ _wsctl() {
                     return 0
                     ;;
                 --assert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wsctl__subcmd__load__subcmd__plot)
+            opts="-o -h -V --output --log-format --threads --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

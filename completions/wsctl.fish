@@ -68,36 +68,40 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch -d 'Pus
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l print-config -d 'Print the effective settings and where each came from (flag, env, file, default), with secrets redacted, then exit'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -s V -l version -d 'Print version'
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l profile -d 'YAML profile (see profiles/); flags given here override its values' -r -F
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l url -d 'Target, e.g. ws://127.0.0.1:8081/ws (repeatable: connections go round-robin over them)' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -s c -l clients -d 'Simulated users in the whole run (all shards). [default: 50]' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l connections-per-user -d 'WebSocket connections per user. [default: 1]' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l ramp -d 'Connection rate, e.g. 1000/s. [default: 1000/s]' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -s d -l duration -d 'How long traffic runs once everyone is connected, e.g. 30s. [default: 5s]' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l rate -d 'Messages per second per connection (15, 15/s, 1/10s); 0 holds idle connections. [default: 2]' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l total-rate -d 'Messages per second for the whole run, split over the connections (overrides --rate)' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l pattern -d 'Receivers: random, ring, hot, self-node, cross-node. [default: random]' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l hot-users -d 'Receivers of the hot pattern. [default: 10]' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l payload-size -d 'Bytes of padding per message payload. [default: 32]' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l heartbeat -d 'Heartbeat frame interval per connection. [default: 30s]' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l latency-report -d 'latency_report frame interval per connection; 0s turns them off. [default: 10s]' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l source-ip -d 'Local source addresses for client sockets, e.g. 127.0.0.2-127.0.0.9 (more than ~28k connections to one target need several)' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l drain -d 'After the last send, wait up to this long for messages in flight. [default: 2s]' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l user-prefix -d 'User ids are PREFIX<index>. [default: load-]' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l connect-timeout -d 'Per connection attempt (TCP + handshake). [default: 10s]' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l shard -d 'Run shard I of N (1-based): N processes split the users without overlap; merge their --json reports with `wsctl load merge`. Receivers are picked within the shard' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l json -d 'Write the full report (every figure, histograms serialized) to this file' -r -F
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l assert -d 'Threshold, e.g. \'p99<50ms\' or \'lost=0\' (repeatable); any failure exits with 99' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l profile -d 'YAML profile (see profiles/); flags given here override its values' -r -F
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l url -d 'Target, e.g. ws://127.0.0.1:8081/ws (repeatable: connections go round-robin over them)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -s c -l clients -d 'Simulated users in the whole run (all shards). [default: 50]' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l connections-per-user -d 'WebSocket connections per user. [default: 1]' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l ramp -d 'Connection rate, e.g. 1000/s. [default: 1000/s]' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -s d -l duration -d 'How long traffic runs once everyone is connected, e.g. 30s. [default: 5s]' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l rate -d 'Messages per second per connection (15, 15/s, 1/10s); 0 holds idle connections. [default: 2]' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l total-rate -d 'Messages per second for the whole run, split over the connections (overrides --rate)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l pattern -d 'Receivers: random, ring, hot, self-node, cross-node. [default: random]' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l hot-users -d 'Receivers of the hot pattern. [default: 10]' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l payload-size -d 'Bytes of padding per message payload. [default: 32]' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l heartbeat -d 'Heartbeat frame interval per connection. [default: 30s]' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l latency-report -d 'latency_report frame interval per connection; 0s turns them off. [default: 10s]' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l source-ip -d 'Local source addresses for client sockets, e.g. 127.0.0.2-127.0.0.9 (more than ~28k connections to one target need several)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l drain -d 'After the last send, wait up to this long for messages in flight. [default: 2s]' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l user-prefix -d 'User ids are PREFIX<index>. [default: load-]' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l connect-timeout -d 'Per connection attempt (TCP + handshake). [default: 10s]' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l shard -d 'Run shard I of N (1-based): N processes split the users without overlap; merge their --json reports with `wsctl load merge`. Receivers are picked within the shard' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l json -d 'Write the full report (every figure, histograms serialized, per-second series) to this file' -r -F
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l csv -d 'Write the per-second series as CSV to this file' -r -F
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l assert -d 'Threshold, e.g. \'p99<50ms\' or \'lost=0\' (repeatable); any failure exits with 99' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l spawn-local -d 'Start an embedded node in this process and run the smoke profile against it'
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l reconnect -d 'Reconnect closed connections (1012 drain, 4008, errors) with jittered backoff'
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -l quiet -d 'No live progress line'
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -s h -l help -d 'Print help'
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -s V -l version -d 'Print version'
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -f -a "merge" -d 'Merge the JSON reports of several shards (--shard I/N) into one: histograms are added, so percentiles are those of all samples, not averages'
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l spawn-local -d 'Start an embedded node in this process and run the smoke profile against it'
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l reconnect -d 'Reconnect closed connections (1012 drain, 4008, errors) with jittered backoff'
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l resume -d 'With --reconnect, against a server with history: reconnect with since=<last offset>&epoch=<epoch>. Messages sent while a connection was down are then owed to it (replayed), and any duplicate is a failure'
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l ack -d 'Every chat send carries an id; the server\'s ack or error is matched: the report separates sends the server refused (by code) or found offline from those lost after it accepted them, and gives the ack latency and the sends never answered'
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l quiet -d 'No live progress line'
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -s h -l help -d 'Print help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -s V -l version -d 'Print version'
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -f -a "merge" -d 'Merge the JSON reports of several shards (--shard I/N) into one: histograms are added, so percentiles are those of all samples, not averages'
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -f -a "plot" -d 'Draw a --json report\'s per-second series (sent/s, delivered/s, p50/p99, connections) as an SVG'
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from merge" -l json -d 'Write the merged report here' -r -F
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from merge" -l assert -d 'Thresholds checked against the merged report' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from merge" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
@@ -105,7 +109,14 @@ json\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from merge" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from merge" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from merge" -s V -l version -d 'Print version'
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from plot" -s o -l output -d 'The SVG to write' -r -F
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from plot" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
+json\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from plot" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from plot" -s h -l help -d 'Print help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from plot" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from help" -f -a "merge" -d 'Merge the JSON reports of several shards (--shard I/N) into one: histograms are added, so percentiles are those of all samples, not averages'
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from help" -f -a "plot" -d 'Draw a --json report\'s per-second series (sent/s, delivered/s, p50/p99, connections) as an SVG'
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
@@ -264,6 +275,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_su
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "generate" -d 'Write the man pages (DIR/man) and shell completions (DIR/completions) checked into the repo'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from load" -f -a "merge" -d 'Merge the JSON reports of several shards (--shard I/N) into one: histograms are added, so percentiles are those of all samples, not averages'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from load" -f -a "plot" -d 'Draw a --json report\'s per-second series (sent/s, delivered/s, p50/p99, connections) as an SVG'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from routes" -f -a "servers" -d 'The nodes: from their server_alive leases and from the server ids in route sets, with live/dead, connections, address, version, age, and how many routes name them'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from routes" -f -a "show" -d 'Every route of one user, with its user_online TTL and whether its node is alive'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from routes" -f -a "list" -d 'Routes, as tables of 50 rows printed as they are read, or one JSON object per line (--json)'

@@ -4,9 +4,64 @@
 //! counts say what every receiver connection should have seen, and the difference is exact:
 //! lost, duplicated, reordered, and, apart, messages sent while a receiver was offline.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use serde::{Deserialize, Serialize};
+
+/// Sequences remembered behind the highest one seen, per (sender, receiver connection) pair:
+/// a gap older than this is taken as lost for good, and a late copy of it then counts as a
+/// duplicate. 4096 covers a minute of reordering at 60 msgs/s per pair; the window costs
+/// 512 bytes, allocated only for a pair that has a gap.
+pub const GAP_WINDOW: u32 = 4096;
+const WORDS: usize = (GAP_WINDOW / 64) as usize;
+
+/// The missing sequences in `[next - GAP_WINDOW, next)`, one bit each, in a ring indexed by
+/// `seq % GAP_WINDOW`. Every operation touches at most [`GAP_WINDOW`] bits, word by word,
+/// whatever sequence numbers a server sends: a hostile `seq` cannot make a message cost O(seq).
+#[derive(Debug, Clone)]
+struct GapWindow {
+    bits: Box<[u64; WORDS]>,
+    /// Bits set.
+    open: u32,
+}
+
+impl GapWindow {
+    fn new() -> GapWindow {
+        GapWindow { bits: Box::new([0; WORDS]), open: 0 }
+    }
+
+    fn get(&self, seq: u32) -> bool {
+        let i = seq % GAP_WINDOW;
+        self.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    fn clear(&mut self, seq: u32) {
+        let i = seq % GAP_WINDOW;
+        self.bits[(i / 64) as usize] &= !(1 << (i % 64));
+        self.open -= 1;
+    }
+
+    /// Sets (`missing`) or clears the bits of `[from, to)`, `to - from <= GAP_WINDOW`.
+    fn fill(&mut self, from: u32, to: u32, missing: bool) {
+        debug_assert!(to - from <= GAP_WINDOW);
+        let mut s = from;
+        while s < to {
+            let i = s % GAP_WINDOW;
+            let (w, b) = ((i / 64) as usize, i % 64);
+            let n = (64 - b).min(to - s);
+            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << b };
+            let before = (self.bits[w] & mask).count_ones();
+            if missing {
+                self.bits[w] |= mask;
+                self.open += n - before;
+            } else {
+                self.bits[w] &= !mask;
+                self.open -= before;
+            }
+            s += n;
+        }
+    }
+}
 
 /// What one receiver connection saw from one sender connection.
 #[derive(Debug, Default, Clone)]
@@ -15,23 +70,74 @@ pub struct Pair {
     next: u32,
     /// Distinct sequences seen.
     pub unique: u32,
-    /// Sequences below `next` not seen yet (gaps, possibly filled later by reordering).
-    missing: Vec<u32>,
+    /// Gaps below `next`, possibly filled later by reordering. None while there is none.
+    gaps: Option<GapWindow>,
 }
 
-/// Largest number of open gaps remembered per pair. Beyond it the oldest gap is taken as lost
-/// for good; a late copy of it then counts as a duplicate. Bounded so a badly broken server
-/// cannot make the audit grow without end.
-const MAX_GAPS_PER_PAIR: usize = 4096;
+impl Pair {
+    fn record(&mut self, seq: u32) -> Seen {
+        if seq >= self.next {
+            if seq > self.next {
+                let gaps = self.gaps.get_or_insert_with(GapWindow::new);
+                // Forget what falls out of the window, then mark the new gap.
+                let keep_from = (seq + 1).saturating_sub(GAP_WINDOW);
+                let old_from = self.next.saturating_sub(GAP_WINDOW);
+                if keep_from > old_from {
+                    gaps.fill(old_from, keep_from.min(self.next), false);
+                }
+                gaps.fill(self.next.max(keep_from), seq, true);
+            }
+            self.next = seq + 1;
+            self.unique += 1;
+            Seen::InOrder
+        } else if self.next - seq <= GAP_WINDOW && self.gaps.as_ref().is_some_and(|g| g.get(seq)) {
+            let gaps = self.gaps.as_mut().expect("checked above");
+            gaps.clear(seq);
+            if gaps.open == 0 {
+                self.gaps = None;
+            }
+            self.unique += 1;
+            Seen::Reordered
+        } else {
+            Seen::Duplicate
+        }
+    }
 
-/// The audit state of one receiver connection slot (kept across reconnects).
+    /// Whether `seq` arrived, as far as the window remembers (`None`: too old to tell).
+    pub fn seen(&self, seq: u32) -> Option<bool> {
+        if seq >= self.next {
+            Some(false)
+        } else if self.next - seq > GAP_WINDOW {
+            None
+        } else {
+            Some(!self.gaps.as_ref().is_some_and(|g| g.get(seq)))
+        }
+    }
+}
+
+/// The limits a stamp must respect to be audited: anything else is `foreign`.
+#[derive(Debug, Clone, Copy)]
+pub struct StampBounds {
+    /// Connection slots of this run: a sender slot at or above it is no sender of ours.
+    pub slots: u32,
+    /// Most messages one sender connection can send in the run (rate x duration, rounded up,
+    /// plus one): a sequence at or above it was never sent.
+    pub max_seq: u32,
+}
+
+/// The audit state of one receiver connection slot (kept across reconnects). Memory is bounded
+/// by the run, not by the server: at most one [`Pair`] per sender slot of the run.
 #[derive(Debug, Default)]
 pub struct ReceiverAudit {
-    pub pairs: HashMap<u32, Pair>,
+    /// By sender slot. FxHash: keys are small indexes bounded by the run, SipHash's protection
+    /// against chosen keys buys nothing here and cost 2% of the generator's CPU.
+    pub pairs: FxHashMap<u32, Pair>,
     pub duplicated: u64,
     pub reordered: u64,
     /// Frames carrying the offline marker that arrived anyway.
     pub offline_delivered: u64,
+    /// Stamps out of [`StampBounds`]: skipped.
+    pub foreign: u64,
 }
 
 /// How one delivery was classified.
@@ -41,34 +147,38 @@ pub enum Seen {
     Reordered,
     Duplicate,
     Offline,
+    Foreign,
 }
 
 impl ReceiverAudit {
-    pub fn record(&mut self, sender_slot: u32, seq: i64) -> Seen {
-        let Ok(seq) = u32::try_from(seq) else {
+    /// Records one delivery. The numbers come from the wire and are checked against `bounds`
+    /// before they touch any state.
+    pub fn record(&mut self, bounds: StampBounds, sender_slot: i128, seq: i128) -> Seen {
+        let slot = match u32::try_from(sender_slot) {
+            Ok(s) if s < bounds.slots => s,
+            _ => {
+                self.foreign += 1;
+                return Seen::Foreign;
+            }
+        };
+        if seq == i128::from(super::schedule::OFFLINE_SEQ) {
             self.offline_delivered += 1;
             return Seen::Offline;
-        };
-        let p = self.pairs.entry(sender_slot).or_default();
-        if seq >= p.next {
-            for gap in p.next..seq {
-                if p.missing.len() == MAX_GAPS_PER_PAIR {
-                    p.missing.remove(0);
-                }
-                p.missing.push(gap);
-            }
-            p.next = seq + 1;
-            p.unique += 1;
-            Seen::InOrder
-        } else if let Some(i) = p.missing.iter().position(|&g| g == seq) {
-            p.missing.swap_remove(i);
-            p.unique += 1;
-            self.reordered += 1;
-            Seen::Reordered
-        } else {
-            self.duplicated += 1;
-            Seen::Duplicate
         }
+        let seq = match u32::try_from(seq) {
+            Ok(s) if s < bounds.max_seq => s,
+            _ => {
+                self.foreign += 1;
+                return Seen::Foreign;
+            }
+        };
+        let seen = self.pairs.entry(slot).or_default().record(seq);
+        match seen {
+            Seen::Reordered => self.reordered += 1,
+            Seen::Duplicate => self.duplicated += 1,
+            _ => {}
+        }
+        seen
     }
 }
 
@@ -101,12 +211,24 @@ pub struct AuditTotals {
     pub sent_to_offline: u64,
     /// Of those, copies that arrived anyway.
     pub offline_delivered: u64,
+    /// Deliveries whose stamp no sender of this run could have written (sender slot or sequence
+    /// out of bounds): skipped by the audit. Non-zero means a confused or hostile server.
+    #[serde(default)]
+    pub foreign: u64,
     /// Receiver connections with anything lost, duplicated or reordered.
     pub receivers_with_issues: u64,
 }
 
 /// What a sender slot sent: per receiver user (local index), messages with a sequence.
-pub type SentCounts = HashMap<u32, u32>;
+pub type SentCounts = FxHashMap<u32, u32>;
+
+/// Inputs for one sender slot at the end of the run.
+pub struct SenderAuditInput<'a> {
+    pub slot: u32,
+    pub counts: &'a SentCounts,
+    /// (receiver user, seq) of sends the server did not accept for delivery (`--ack`).
+    pub not_accepted: &'a [(u32, u32)],
+}
 
 /// Inputs for one receiver slot at the end of the run.
 pub struct SlotAuditInput<'a> {
@@ -119,24 +241,39 @@ pub struct SlotAuditInput<'a> {
 /// Largest number of receiver connections listed one by one in a report (the worst first).
 pub const MAX_LISTED_RECEIVERS: usize = 100;
 
+/// The audit's result.
+#[derive(Debug, Default)]
+pub struct Conclusion {
+    pub totals: AuditTotals,
+    /// The receiver connections with the most issues.
+    pub listed: Vec<ConnectionAudit>,
+    /// Lost, less the sends the server did not accept: lost after the server took them.
+    pub lost_after_ack: u64,
+    /// Deliveries of sends the server did not accept (they still arrived).
+    pub refused_arrived: u64,
+}
+
 /// Joins senders' counts with receivers' observations.
 pub fn conclude<'a>(
     users: u32,
     connections_per_user: u32,
-    senders: impl Iterator<Item = (u32, &'a SentCounts)>,
+    senders: impl Iterator<Item = SenderAuditInput<'a>>,
     receivers: impl Iterator<Item = SlotAuditInput<'a>>,
     names: &[Box<str>],
     sent_to_offline: u64,
-) -> (AuditTotals, Vec<ConnectionAudit>) {
-    // Owed to each user, by sender slot.
+) -> Conclusion {
+    // Owed to each user, by sender slot; and what was owed but not accepted.
     let mut owed: Vec<Vec<(u32, u32)>> = vec![Vec::new(); users as usize];
-    for (sender, counts) in senders {
-        for (&user, &n) in counts {
-            owed[user as usize].push((sender, n));
+    let mut refused: Vec<Vec<(u32, u32)>> = vec![Vec::new(); users as usize];
+    for s in senders {
+        for (&user, &n) in s.counts {
+            owed[user as usize].push((s.slot, n));
+        }
+        for &(user, seq) in s.not_accepted {
+            refused[user as usize].push((s.slot, seq));
         }
     }
-    let mut totals = AuditTotals { sent_to_offline, ..AuditTotals::default() };
-    let mut listed = Vec::new();
+    let mut c = Conclusion { totals: AuditTotals { sent_to_offline, ..AuditTotals::default() }, ..Conclusion::default() };
     for r in receivers {
         let mut expected = 0u64;
         let mut received = 0u64;
@@ -146,16 +283,28 @@ pub fn conclude<'a>(
         }
         let expected_here = expected.saturating_sub(r.missed_while_offline);
         let lost = expected_here.saturating_sub(received);
-        totals.expected += expected_here;
-        totals.received += received;
-        totals.lost += lost;
-        totals.duplicated += r.audit.duplicated;
-        totals.reordered += r.audit.reordered;
-        totals.missed_while_offline += r.missed_while_offline;
-        totals.offline_delivered += r.audit.offline_delivered;
+        let (mut refused_missing, mut refused_arrived) = (0u64, 0u64);
+        for &(sender, seq) in &refused[r.user as usize] {
+            // Too old for the window to tell: counted as missing, so never as lost after ack.
+            match r.audit.pairs.get(&sender).map_or(Some(false), |p| p.seen(seq)) {
+                Some(true) => refused_arrived += 1,
+                _ => refused_missing += 1,
+            }
+        }
+        c.lost_after_ack += lost.saturating_sub(refused_missing);
+        c.refused_arrived += refused_arrived;
+        let t = &mut c.totals;
+        t.expected += expected_here;
+        t.received += received;
+        t.lost += lost;
+        t.duplicated += r.audit.duplicated;
+        t.reordered += r.audit.reordered;
+        t.missed_while_offline += r.missed_while_offline;
+        t.offline_delivered += r.audit.offline_delivered;
+        t.foreign += r.audit.foreign;
         if lost + r.audit.duplicated + r.audit.reordered > 0 {
-            totals.receivers_with_issues += 1;
-            listed.push(ConnectionAudit {
+            t.receivers_with_issues += 1;
+            c.listed.push(ConnectionAudit {
                 user: names[r.user as usize].to_string(),
                 connection: r.slot % connections_per_user,
                 expected: expected_here,
@@ -167,37 +316,103 @@ pub fn conclude<'a>(
             });
         }
     }
-    listed.sort_by_key(|c| std::cmp::Reverse(c.lost + c.duplicated + c.reordered));
-    listed.truncate(MAX_LISTED_RECEIVERS);
-    (totals, listed)
+    c.listed.sort_by_key(|c| std::cmp::Reverse(c.lost + c.duplicated + c.reordered));
+    c.listed.truncate(MAX_LISTED_RECEIVERS);
+    c
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const B: StampBounds = StampBounds { slots: 4, max_seq: 10_000 };
+
     #[test]
     fn classifies_gaps_late_arrivals_and_copies() {
         let mut a = ReceiverAudit::default();
-        assert_eq!(a.record(1, 0), Seen::InOrder);
-        assert_eq!(a.record(1, 2), Seen::InOrder);
-        assert_eq!(a.record(1, 1), Seen::Reordered);
-        assert_eq!(a.record(1, 1), Seen::Duplicate);
-        assert_eq!(a.record(1, 5), Seen::InOrder);
-        assert_eq!(a.record(1, -1), Seen::Offline);
+        assert_eq!(a.record(B, 1, 0), Seen::InOrder);
+        assert_eq!(a.record(B, 1, 2), Seen::InOrder);
+        assert_eq!(a.record(B, 1, 1), Seen::Reordered);
+        assert_eq!(a.record(B, 1, 1), Seen::Duplicate);
+        assert_eq!(a.record(B, 1, 5), Seen::InOrder);
+        assert_eq!(a.record(B, 1, -1), Seen::Offline);
         let p = &a.pairs[&1];
         assert_eq!((p.unique, a.duplicated, a.reordered), (4, 1, 1));
         let sent: SentCounts = [(0u32, 6u32)].into_iter().collect();
         let names = vec!["u0".into(), "u1".into()];
-        let (t, list) = conclude(
+        // Seq 3 was refused by the server (and lost), seq 2 refused but arrived anyway.
+        let refused = [(0u32, 3u32), (0, 2)];
+        let c = conclude(
             2,
             1,
-            [(1u32, &sent)].into_iter(),
+            [SenderAuditInput { slot: 1, counts: &sent, not_accepted: &refused }].into_iter(),
             [SlotAuditInput { slot: 0, user: 0, audit: &a, missed_while_offline: 0 }].into_iter(),
             &names,
             0,
         );
+        let t = &c.totals;
         assert_eq!((t.expected, t.received, t.lost, t.duplicated, t.reordered), (6, 4, 2, 1, 1));
-        assert_eq!(list.len(), 1);
+        assert_eq!((c.lost_after_ack, c.refused_arrived), (1, 1), "seq 4 was accepted and lost");
+        assert_eq!(c.listed.len(), 1);
+    }
+
+    #[test]
+    fn hostile_numbers_are_foreign_and_cost_nothing() {
+        let mut a = ReceiverAudit::default();
+        // Sequence 4e9 from a real sender: beyond what it could send. Before the bounds, this
+        // looped 4e9 times; seq + 1 overflowed at u32::MAX.
+        assert_eq!(a.record(B, 1, 4_000_000_000), Seen::Foreign);
+        assert_eq!(a.record(B, 1, i128::from(u32::MAX)), Seen::Foreign);
+        assert_eq!(a.record(B, 1, -7), Seen::Foreign);
+        // Sender slots that are not slots of this run never make a pair.
+        for s in 4..10_000 {
+            assert_eq!(a.record(B, s, 0), Seen::Foreign);
+        }
+        assert_eq!(a.record(B, -1, 0), Seen::Foreign);
+        assert_eq!(a.foreign, 4 + 9_996);
+        assert!(a.pairs.is_empty());
+        // The largest legal jump is bounded work: the window, not the jump, is touched.
+        let big = StampBounds { slots: 1, max_seq: u32::MAX };
+        let t = std::time::Instant::now();
+        for k in 0..1000u32 {
+            a.record(big, 0, i128::from(k) * 4_000_000);
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(1), "{:?}", t.elapsed());
+        assert_eq!(a.pairs[&0].unique, 1000);
+    }
+
+    #[test]
+    fn the_gap_window_remembers_recent_gaps_and_forgets_old_ones() {
+        let mut p = Pair::default();
+        p.record(0);
+        p.record(10); // gaps 1..10
+        assert_eq!((p.seen(5), p.seen(10), p.seen(11)), (Some(false), Some(true), Some(false)));
+        assert_eq!(p.record(5), Seen::Reordered);
+        assert_eq!(p.record(5), Seen::Duplicate);
+        p.record(10 + GAP_WINDOW); // everything up to 10 falls out of the window
+        assert_eq!(p.seen(3), None);
+        assert_eq!(p.record(3), Seen::Duplicate, "a gap older than the window is lost for good");
+        assert_eq!(p.gaps.as_ref().unwrap().open, GAP_WINDOW - 1);
+        for s in 11..10 + GAP_WINDOW {
+            assert_eq!(p.record(s), Seen::Reordered, "{s}");
+        }
+        assert!(p.gaps.is_none(), "no gap left, no window kept");
+        // Random jumps and fills against a plain set.
+        let mut q = Pair::default();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut x = 12345u64;
+        for _ in 0..20_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let hi = q.next + 50;
+            let s = ((x >> 33) as u32) % hi;
+            let r = q.record(s);
+            let fresh = seen.insert(s);
+            if q.next - s <= GAP_WINDOW {
+                assert_eq!(fresh, r != Seen::Duplicate, "seq {s} next {}", q.next);
+            }
+        }
+        let open = q.gaps.as_ref().map_or(0, |g| g.open);
+        let low = q.next.saturating_sub(GAP_WINDOW);
+        assert_eq!(open, (low..q.next).filter(|s| !seen.contains(s)).count() as u32);
     }
 }

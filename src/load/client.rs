@@ -19,8 +19,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::acks::{AckWindow, Verdict};
 use super::audit::{ReceiverAudit, SentCounts, Seen};
-use super::schedule::{read_stamp, write_chat, OFFLINE_SEQ};
+use super::report::{count_bounded, FrameStats};
+use super::schedule::{write_chat, OFFLINE_SEQ};
+use super::wire::{self, Incoming, Unrecognized};
 use super::Shared;
 
 /// Latency samples a connection buffers before recording them into its histogram shard: one
@@ -67,6 +70,9 @@ pub(crate) struct SlotOutcome {
     pub server_errors: BTreeMap<String, u64>,
     pub server_error_samples: BTreeMap<String, String>,
     pub other_frames: u64,
+    pub frames: FrameStats,
+    /// With `--ack`.
+    pub acks: Option<AckWindow>,
 }
 
 /// How a connection ended.
@@ -95,32 +101,44 @@ struct Slot {
     /// Latency since the last `latency_report`, for its mean.
     report_sum_us: u64,
     report_n: u64,
-    frame: String,
+    /// Frames of type `chat_message` (see `on_message`).
+    chat_frames: u64,
+    /// `--resume`: the highest history offset delivered to this connection, and its epoch.
+    resume_from: Option<(u64, String)>,
+}
+
+impl Slot {
+    fn new(sh: &Shared, slot: u32) -> Slot {
+        let now = Instant::now();
+        let cfg = &sh.config;
+        let rate = cfg.rate_per_connection();
+        let mut rng = SmallRng::from_rng(&mut rand::rng());
+        let hb_phase = cfg.heartbeat.mul_f64(rng.random::<f64>());
+        Slot {
+            out: SlotOutcome { slot, acks: cfg.ack.then(AckWindow::new), ..SlotOutcome::default() },
+            user: sh.plan.user_of(slot),
+            rng,
+            next_send: None,
+            // Validated: a rate > 0 is within config::MIN_RATE..=MAX_RATE.
+            interval: if rate > 0.0 { Duration::from_secs_f64(1.0 / rate) } else { Duration::ZERO },
+            send_end: now,
+            next_heartbeat: now + hb_phase,
+            next_report: None,
+            last_send_wake: now,
+            connected_since: now,
+            // Allocated on the first delivery: an idle connection does not pay for it.
+            batch: Vec::new(),
+            batch_since: now,
+            report_sum_us: 0,
+            report_n: 0,
+            chat_frames: 0,
+            resume_from: None,
+        }
+    }
 }
 
 pub(crate) async fn run_slot(sh: Arc<Shared>, slot: u32) -> SlotOutcome {
-    let now = Instant::now();
-    let cfg = &sh.config;
-    let rate = cfg.rate_per_connection();
-    let mut rng = SmallRng::from_rng(&mut rand::rng());
-    let hb_phase = cfg.heartbeat.mul_f64(rng.random::<f64>());
-    let mut s = Slot {
-        out: SlotOutcome { slot, ..SlotOutcome::default() },
-        user: sh.plan.user_of(slot),
-        rng,
-        next_send: None,
-        interval: if rate > 0.0 { Duration::from_secs_f64(1.0 / rate) } else { Duration::ZERO },
-        send_end: now,
-        next_heartbeat: now + hb_phase,
-        next_report: None,
-        last_send_wake: now,
-        connected_since: now,
-        batch: Vec::with_capacity(LATENCY_BATCH),
-        batch_since: now,
-        report_sum_us: 0,
-        report_n: 0,
-        frame: String::new(),
-    };
+    let mut s = Slot::new(&sh, slot);
     let mut first = true;
     let mut backoff = RECONNECT_MIN;
     loop {
@@ -128,7 +146,9 @@ pub(crate) async fn run_slot(sh: Arc<Shared>, slot: u32) -> SlotOutcome {
             break;
         }
         let attempt = tokio::select! {
-            r = connect(&sh, slot, s.out.failed_attempts + s.out.reconnects) => Some(r),
+            // Boxed: the handshake's state is large and short-lived; inline, it would size every
+            // slot's task for the whole run (~2 KiB of RSS per idle connection).
+            r = Box::pin(connect(&sh, slot, s.out.failed_attempts + s.out.reconnects, s.resume_from.as_ref())) => Some(r),
             _ = sh.close.cancelled() => None,
         };
         if first {
@@ -139,29 +159,13 @@ pub(crate) async fn run_slot(sh: Arc<Shared>, slot: u32) -> SlotOutcome {
         match attempt {
             Ok(mut ws) => {
                 backoff = RECONNECT_MIN;
-                s.out.ever_connected = true;
-                s.connected_since = Instant::now();
-                sh.online[slot as usize].store(true, Relaxed);
-                let up = sh.live.connected.fetch_add(1, Relaxed) + 1;
-                sh.live.peak.fetch_max(up, Relaxed);
-                let end = drive(&mut ws, &sh, &mut s).await;
-                sh.online[slot as usize].store(false, Relaxed);
-                sh.live.connected.fetch_sub(1, Relaxed);
-                flush_batch(&sh, &mut s);
-                match end {
-                    End::Ours { clean } => {
-                        s.out.closed_by_us = true;
-                        s.out.clean_close = clean;
-                        break;
-                    }
-                    End::Unexpected(why) => {
-                        *s.out.unexpected_closes.entry(why).or_default() += 1;
-                        sh.live.errors.fetch_add(1, Relaxed);
-                    }
+                if connected(&mut ws, &sh, &mut s).await {
+                    break;
                 }
             }
             Err(why) => {
                 *s.out.connect_errors.entry(why).or_default() += 1;
+                sh.live.count_error("connect");
                 s.out.failed_attempts += 1;
                 sh.live.errors.fetch_add(1, Relaxed);
             }
@@ -179,12 +183,47 @@ pub(crate) async fn run_slot(sh: Arc<Shared>, slot: u32) -> SlotOutcome {
         sh.live.reconnects.fetch_add(1, Relaxed);
     }
     flush_batch(&sh, &mut s);
+    if s.chat_frames > 0 {
+        count_bounded(&mut s.out.frames.by_type, "chat_message", s.chat_frames);
+    }
     s.out
+}
+
+/// Runs one live connection and counts how it ended; true when the run closed it (no retry).
+async fn connected(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> bool {
+    let slot = s.out.slot as usize;
+    s.out.ever_connected = true;
+    s.connected_since = Instant::now();
+    sh.online[slot].store(true, Relaxed);
+    let up = sh.live.connected.fetch_add(1, Relaxed) + 1;
+    sh.live.peak.fetch_max(up, Relaxed);
+    let end = drive(ws, sh, s).await;
+    sh.online[slot].store(false, Relaxed);
+    sh.live.connected.fetch_sub(1, Relaxed);
+    flush_batch(sh, s);
+    if let Some(a) = &mut s.out.acks {
+        let n = a.connection_closed(matches!(end, End::Ours { .. }));
+        sh.live.acks_waiting.fetch_sub(n, Relaxed);
+    }
+    match end {
+        End::Ours { clean } => {
+            s.out.closed_by_us = true;
+            s.out.clean_close = clean;
+            true
+        }
+        End::Unexpected(why) => {
+            sh.live.count_error("close");
+            *s.out.unexpected_closes.entry(why).or_default() += 1;
+            sh.live.errors.fetch_add(1, Relaxed);
+            false
+        }
+    }
 }
 
 /// `retry` counts earlier attempts: each retry moves to the next target, as a real client
 /// behind a load balancer would land anywhere (a drained node's users move to the others).
-async fn connect(sh: &Shared, slot: u32, retry: u64) -> Result<Ws, String> {
+/// `resume` adds `since` and `epoch` to the URL (`--resume`).
+async fn connect(sh: &Shared, slot: u32, retry: u64, resume: Option<&(u64, String)>) -> Result<Ws, String> {
     let target = ((sh.plan.target_of(slot) as u64 + retry) % sh.plan.targets as u64) as usize;
     let addr = sh.addrs[target];
     let started = Instant::now();
@@ -197,9 +236,12 @@ async fn connect(sh: &Shared, slot: u32, retry: u64) -> Result<Ws, String> {
         let stream = sock.connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
         // Small frames: Nagle plus delayed ACKs would add tens of ms to every message.
         let _ = stream.set_nodelay(true);
-        let base = &sh.config.urls[target];
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}userId={}", sh.plan.names[sh.plan.user_of(slot) as usize]);
+        let since = resume.map(|(offset, _)| offset.to_string());
+        let extra: Vec<(&str, &str)> = match (resume, &since) {
+            (Some((_, epoch)), Some(since)) => vec![("since", since.as_str()), ("epoch", epoch.as_str())],
+            _ => Vec::new(),
+        };
+        let url = super::config::connection_url(&sh.bases[target], &sh.plan.names[sh.plan.user_of(slot) as usize], &extra);
         let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(sh.ws_config))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
@@ -301,54 +343,7 @@ fn next_wake(sh: &Shared, s: &Slot) -> Instant {
 
 async fn on_timer(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     let now = Instant::now();
-    let mut fed = 0u32;
-    if let Some(mut next) = s.next_send {
-        if next <= now && next < s.send_end {
-            s.last_send_wake = now;
-            let c = sh.plan.connections_per_user;
-            let mut sent = 0u64;
-            let mut owed = 0u64;
-            while next <= now && next < s.send_end {
-                if next < s.connected_since {
-                    // This user was offline then: a real client would not have sent it.
-                    s.out.missed_sends += 1;
-                } else {
-                    let to = sh.plan.pick(s.user, &mut s.rng);
-                    let first = to * c;
-                    let up = (first..first + c).filter(|&k| sh.online[k as usize].load(Relaxed)).count() as u32;
-                    let seq = if up == 0 {
-                        s.out.sent_to_offline += 1;
-                        OFFLINE_SEQ
-                    } else {
-                        if up < c {
-                            for k in first..first + c {
-                                if !sh.online[k as usize].load(Relaxed) {
-                                    sh.missed[k as usize].fetch_add(1, Relaxed);
-                                }
-                            }
-                        }
-                        owed += u64::from(up);
-                        let n = s.out.sent_counts.entry(to).or_insert(0);
-                        *n += 1;
-                        i64::from(*n - 1)
-                    };
-                    if now.duration_since(next) > LATE_SEND {
-                        s.out.late_sends += 1;
-                    }
-                    let intended = next.duration_since(sh.epoch).as_nanos() as u64;
-                    write_chat(&mut s.frame, &sh.plan.names[to as usize], s.out.slot, seq, intended, &sh.padding);
-                    ws.feed(Message::text(s.frame.as_str())).await?;
-                    sent += 1;
-                    fed += 1;
-                }
-                next += s.interval;
-            }
-            s.next_send = Some(next);
-            s.out.sent += sent;
-            sh.live.sent.fetch_add(sent, Relaxed);
-            sh.live.expected.fetch_add(owed, Relaxed);
-        }
-    }
+    let mut fed = send_due(ws, sh, s, now).await?;
     if s.next_heartbeat <= now {
         ws.feed(Message::text(r#"{"type":"heartbeat"}"#)).await?;
         s.out.heartbeats += 1;
@@ -357,24 +352,21 @@ async fn on_timer(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> Result<(), tokio_tu
             s.next_heartbeat += sh.config.heartbeat;
         }
     }
-    if let Some(r) = s.next_report {
-        if r <= now {
-            if s.report_n > 0 {
-                let ms = s.report_sum_us as f64 / s.report_n as f64 / 1000.0;
-                s.frame.clear();
-                s.frame.push_str(&format!(r#"{{"type":"latency_report","payload":{ms:.3}}}"#));
-                ws.feed(Message::text(s.frame.as_str())).await?;
-                s.out.latency_reports += 1;
-                fed += 1;
-                s.report_sum_us = 0;
-                s.report_n = 0;
-            }
-            let mut next = r;
-            while next <= now {
-                next += sh.config.latency_report;
-            }
-            s.next_report = Some(next);
+    if let Some(r) = s.next_report.filter(|&r| r <= now) {
+        if s.report_n > 0 {
+            let ms = s.report_sum_us as f64 / s.report_n as f64 / 1000.0;
+            let text = format!(r#"{{"type":"latency_report","payload":{ms:.3}}}"#);
+            ws.feed(Message::text(text)).await?;
+            s.out.latency_reports += 1;
+            fed += 1;
+            s.report_sum_us = 0;
+            s.report_n = 0;
         }
+        let mut next = r;
+        while next <= now {
+            next += sh.config.latency_report;
+        }
+        s.next_report = Some(next);
     }
     if fed > 0 {
         ws.flush().await?;
@@ -385,6 +377,69 @@ async fn on_timer(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> Result<(), tokio_tu
     Ok(())
 }
 
+/// Feeds every chat message due by `now` (one write for all of them); returns how many.
+async fn send_due(ws: &mut Ws, sh: &Shared, s: &mut Slot, now: Instant) -> Result<u32, tokio_tungstenite::tungstenite::Error> {
+    let Some(mut next) = s.next_send.filter(|&n| n <= now && n < s.send_end) else { return Ok(0) };
+    s.last_send_wake = now;
+    let (mut sent, mut owed) = (0u32, 0u64);
+    while next <= now && next < s.send_end {
+        if next < s.connected_since {
+            // This user was offline then: a real client would not have sent it.
+            s.out.missed_sends += 1;
+        } else {
+            let (to, seq, up) = pick_and_count(sh, s);
+            owed += u64::from(up);
+            if now.duration_since(next) > LATE_SEND {
+                s.out.late_sends += 1;
+            }
+            let id = s.out.acks.as_mut().map(|a| a.send(to, seq, now));
+            let intended = next.duration_since(sh.epoch).as_nanos() as u64;
+            let mut frame = String::with_capacity(sh.frame_capacity);
+            write_chat(&mut frame, &sh.plan.names_json[to as usize], s.out.slot, seq, intended, &sh.padding, id);
+            ws.feed(Message::text(frame)).await?;
+            sent += 1;
+        }
+        next += s.interval;
+    }
+    s.next_send = Some(next);
+    s.out.sent += u64::from(sent);
+    sh.live.sent.fetch_add(u64::from(sent), Relaxed);
+    sh.live.expected.fetch_add(owed, Relaxed);
+    if s.out.acks.is_some() {
+        sh.live.acks_waiting.fetch_add(u64::from(sent), Relaxed);
+    }
+    Ok(sent)
+}
+
+/// Picks a receiver and its audit sequence; returns (receiver, seq, its connections up). A
+/// receiver with every connection down gets [`OFFLINE_SEQ`], kept out of the audit.
+fn pick_and_count(sh: &Shared, s: &mut Slot) -> (u32, i64, u32) {
+    let c = sh.plan.connections_per_user;
+    let to = sh.plan.pick(s.user, &mut s.rng);
+    let first = to * c;
+    if sh.config.resume {
+        // History replays what a resuming connection missed: every connection is owed it.
+        let n = s.out.sent_counts.entry(to).or_insert(0);
+        *n += 1;
+        return (to, i64::from(*n - 1), c);
+    }
+    let up = (first..first + c).filter(|&k| sh.online[k as usize].load(Relaxed)).count() as u32;
+    if up == 0 {
+        s.out.sent_to_offline += 1;
+        return (to, OFFLINE_SEQ, 0);
+    }
+    if up < c {
+        for k in first..first + c {
+            if !sh.online[k as usize].load(Relaxed) {
+                sh.missed[k as usize].fetch_add(1, Relaxed);
+            }
+        }
+    }
+    let n = s.out.sent_counts.entry(to).or_insert(0);
+    *n += 1;
+    (to, i64::from(*n - 1), up)
+}
+
 /// Handles one incoming frame; returns the close code if the server closed.
 fn on_message(sh: &Shared, s: &mut Slot, m: Message) -> Option<u16> {
     let text: &str = match &m {
@@ -392,46 +447,135 @@ fn on_message(sh: &Shared, s: &mut Slot, m: Message) -> Option<u16> {
         Message::Binary(b) => match std::str::from_utf8(b) {
             Ok(t) => t,
             Err(_) => {
-                s.out.other_frames += 1;
+                s.out.frames.received += 1;
+                unrecognized(s, Unrecognized::NotUtf8, "(binary)");
                 return None;
             }
         },
         Message::Close(f) => return Some(f.as_ref().map_or(1005, |f| u16::from(f.code))),
         _ => return None,
     };
-    if let Some(stamp) = read_stamp(text) {
-        let now = sh.epoch.elapsed().as_nanos() as u64;
-        let us = (now.saturating_sub(stamp.intended_ns) / 1000).max(1);
-        s.out.delivered += 1;
-        sh.live.delivered.fetch_add(1, Relaxed);
-        match s.out.audit.record(stamp.sender_slot, stamp.seq) {
-            Seen::InOrder | Seen::Reordered => {
-                sh.live.audited.fetch_add(1, Relaxed);
+    s.out.frames.received += 1;
+    match wire::parse(text) {
+        Incoming::Stamped { kind, sender_slot, seq, intended_ns, offset, epoch } => {
+            if let (true, Some(offset)) = (sh.config.resume, offset) {
+                note_offset(s, offset, epoch.as_deref());
             }
-            Seen::Duplicate | Seen::Offline => {}
+            // The common case without a map lookup: folded into `by_type` at the end.
+            if kind == "chat_message" {
+                s.chat_frames += 1;
+            } else {
+                count_bounded(&mut s.out.frames.by_type, &kind, 1);
+            }
+            on_stamp(sh, s, sender_slot, seq, intended_ns, text);
         }
-        if s.batch.is_empty() {
-            s.batch_since = Instant::now();
+        Incoming::Ack { id, online } => {
+            count_bounded(&mut s.out.frames.by_type, "ack", 1);
+            if let Some(id) = id {
+                on_answer(sh, s, id, Verdict::Ack { online }, text);
+            }
         }
-        s.batch.push(us);
-        s.report_sum_us += us;
-        s.report_n += 1;
-        if s.batch.len() >= LATENCY_BATCH {
-            flush_batch(sh, s);
+        Incoming::Error { id, code, message } => {
+            count_bounded(&mut s.out.frames.by_type, "error", 1);
+            if !s.out.server_error_samples.contains_key(code.as_ref()) && s.out.server_error_samples.len() < super::report::MAX_CODES {
+                s.out.server_error_samples.insert(code.to_string(), message.chars().take(200).collect());
+            }
+            count_bounded(&mut s.out.server_errors, &code, 1);
+            sh.live.errors.fetch_add(1, Relaxed);
+            sh.live.count_error(&code);
+            if let Some(id) = id {
+                on_answer(sh, s, id, Verdict::Refused(&code), text);
+            }
         }
-    } else if text.contains(r#""type":"error""#) {
-        let v = serde_json::from_str::<serde_json::Value>(text).ok();
-        let field = |k: &str| v.as_ref().and_then(|v| v.get(k)).and_then(|c| c.as_str()).map(str::to_string);
-        let code = field("code").unwrap_or_else(|| "unknown".to_string());
-        if !s.out.server_error_samples.contains_key(&code) {
-            s.out.server_error_samples.insert(code.clone(), field("message").unwrap_or_default());
+        Incoming::Recovery { .. } => count_bounded(&mut s.out.frames.by_type, "recovery", 1),
+        Incoming::Other { kind } => {
+            count_bounded(&mut s.out.frames.by_type, &kind, 1);
+            s.out.other_frames += 1;
         }
-        *s.out.server_errors.entry(code).or_default() += 1;
-        sh.live.errors.fetch_add(1, Relaxed);
-    } else if !text.contains(r#""type":"ack""#) {
-        s.out.other_frames += 1;
+        Incoming::Unrecognized(why, kind) => {
+            if let Some(kind) = kind {
+                count_bounded(&mut s.out.frames.by_type, &kind, 1);
+            }
+            unrecognized(s, why, text);
+        }
     }
     None
+}
+
+/// Keeps the highest offset seen (and its epoch) to resume from. A new epoch replaces the old
+/// one whatever its offsets: the server lost that history and numbers afresh.
+fn note_offset(s: &mut Slot, offset: u64, epoch: Option<&str>) {
+    let epoch = epoch.unwrap_or_default();
+    match &mut s.resume_from {
+        Some((o, e)) if e == epoch => *o = (*o).max(offset),
+        _ => s.resume_from = Some((offset, epoch.chars().take(MAX_EPOCH).collect())),
+    }
+}
+
+/// Longest epoch kept (a server's epoch is an id, not a document).
+const MAX_EPOCH: usize = 256;
+
+fn unrecognized(s: &mut Slot, why: Unrecognized, text: &str) {
+    let f = &mut s.out.frames;
+    *f.unrecognized.entry(why.as_str().to_string()).or_default() += 1;
+    f.samples.entry(why.as_str().to_string()).or_insert_with(|| wire::sample(text));
+}
+
+/// A delivered message: bounds-checked, audited, timed.
+fn on_stamp(sh: &Shared, s: &mut Slot, sender_slot: i128, seq: i128, intended_ns: i128, text: &str) {
+    let now = sh.epoch.elapsed().as_nanos() as u64;
+    // A send time in the future (or not a time) is no stamp of ours either.
+    let Some(intended) = u64::try_from(intended_ns).ok().filter(|&t| t <= now) else {
+        s.out.audit.foreign += 1;
+        unrecognized(s, Unrecognized::Foreign, text);
+        return;
+    };
+    match s.out.audit.record(sh.bounds, sender_slot, seq) {
+        Seen::Foreign => {
+            unrecognized(s, Unrecognized::Foreign, text);
+            return;
+        }
+        Seen::InOrder | Seen::Reordered => {
+            sh.live.audited.fetch_add(1, Relaxed);
+        }
+        Seen::Duplicate | Seen::Offline => {}
+    }
+    s.out.frames.stamped += 1;
+    let us = ((now - intended) / 1000).max(1);
+    s.out.delivered += 1;
+    sh.live.delivered.fetch_add(1, Relaxed);
+    if s.batch.is_empty() {
+        s.batch_since = Instant::now();
+    }
+    s.batch.push(us);
+    s.report_sum_us += us;
+    s.report_n += 1;
+    if s.batch.len() >= LATENCY_BATCH {
+        flush_batch(sh, s);
+    }
+}
+
+/// An `ack` or an `error` with an id.
+fn on_answer(sh: &Shared, s: &mut Slot, id: i128, verdict: Verdict<'_>, text: &str) {
+    let Some(acks) = &mut s.out.acks else { return };
+    let online = matches!(verdict, Verdict::Ack { online: Some(true) });
+    let refused = matches!(verdict, Verdict::Refused(_));
+    match acks.answer(id, verdict, Instant::now()) {
+        Some(took) => {
+            sh.live.acks_waiting.fetch_sub(1, Relaxed);
+            let counter = if refused {
+                &sh.live.refused
+            } else if online {
+                &sh.live.acked_online
+            } else {
+                &sh.live.acked_offline
+            };
+            counter.fetch_add(1, Relaxed);
+            let us = (took.as_micros() as u64).max(1);
+            sh.live.record_ack(s.out.slot, us);
+        }
+        None => unrecognized(s, Unrecognized::UnknownId, text),
+    }
 }
 
 fn flush_batch(sh: &Shared, s: &mut Slot) {
@@ -441,7 +585,8 @@ fn flush_batch(sh: &Shared, s: &mut Slot) {
     let shard = &sh.live.latency[s.out.slot as usize % sh.live.latency.len()];
     let mut g = shard.lock().unwrap_or_else(|p| p.into_inner());
     for &us in &s.batch {
-        g.interval.saturating_record(us);
+        g.total.saturating_record(us);
+        g.interval.saturating_record(us.min(super::WINDOW_MAX_US));
     }
     drop(g);
     s.batch.clear();

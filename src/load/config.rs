@@ -103,6 +103,11 @@ pub struct LoadConfig {
     pub user_prefix: String,
     /// Per attempt: TCP connect plus WebSocket handshake.
     pub connect_timeout: Duration,
+    /// Every chat send carries an `id`; the server's ack or error is matched and audited.
+    pub ack: bool,
+    /// With `reconnect`: reconnect with `since=<last offset>&epoch=<epoch>` (server history);
+    /// everything sent to a user while its connection was down is then owed to it.
+    pub resume: bool,
 }
 
 impl LoadConfig {
@@ -126,6 +131,8 @@ impl LoadConfig {
             drain: Duration::from_secs(2),
             user_prefix: "load-".to_string(),
             connect_timeout: Duration::from_secs(10),
+            ack: false,
+            resume: false,
         }
     }
 
@@ -164,13 +171,33 @@ impl LoadConfig {
         for u in &self.urls {
             target_addr(u)?;
         }
-        let positive = |what: &'static str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                Err(ConfigError::Invalid { what, value: v.to_string(), hint: "a number > 0" })
-            }
-        };
+        self.validate_counts()?;
+        if self.resume && !self.reconnect {
+            return Err(ConfigError::Invalid { what: "resume", value: "--resume".into(), hint: "--reconnect as well (resuming is how a reconnect catches up)" });
+        }
+        self.validate_rates()?;
+        self.validate_pattern()?;
+        if self.duration.is_zero() {
+            return Err(ConfigError::Invalid { what: "duration", value: "0s".into(), hint: "longer than 0s" });
+        }
+        if self.heartbeat.is_zero() {
+            return Err(ConfigError::Invalid { what: "heartbeat", value: "0s".into(), hint: "longer than 0s" });
+        }
+        if self.payload_size > MAX_PAYLOAD_SIZE {
+            return Err(ConfigError::Invalid {
+                what: "payload-size",
+                value: self.payload_size.to_string(),
+                hint: "at most 61440 bytes (the server's default frame limit is 64 KiB)",
+            });
+        }
+        // Any character is fine: ids are percent-encoded into the URL and JSON-escaped in frames.
+        if self.user_prefix.is_empty() || self.user_prefix.chars().any(char::is_control) {
+            return Err(ConfigError::Invalid { what: "user-prefix", value: self.user_prefix.clone(), hint: "non-empty, without control characters" });
+        }
+        self.validate_resources(fd_limit, extra_fds)
+    }
+
+    fn validate_counts(&self) -> Result<(), ConfigError> {
         if self.clients == 0 {
             return Err(ConfigError::Invalid { what: "clients", value: "0".into(), hint: "at least 1" });
         }
@@ -185,34 +212,36 @@ impl LoadConfig {
                 hint: "I/N with 1 <= I <= N and N <= clients",
             });
         }
-        positive("ramp", self.ramp_per_s)?;
+        Ok(())
+    }
+
+    /// Rates become intervals (`1 / rate`): a rate too small overflows a Duration, one too
+    /// large rounds the interval to zero and a schedule that never advances.
+    fn validate_rates(&self) -> Result<(), ConfigError> {
+        if !(self.ramp_per_s.is_finite() && (MIN_RATE..=MAX_RATE).contains(&self.ramp_per_s)) {
+            return Err(ConfigError::Invalid { what: "ramp", value: self.ramp_per_s.to_string(), hint: RATE_HINT });
+        }
         let rate = match self.rate {
             Rate::PerConnection(r) | Rate::Total(r) => r,
         };
         if !(rate.is_finite() && rate >= 0.0) {
             return Err(ConfigError::Invalid { what: "rate", value: rate.to_string(), hint: "a number >= 0 (0: idle connections)" });
         }
-        if self.duration.is_zero() {
-            return Err(ConfigError::Invalid { what: "duration", value: "0s".into(), hint: "longer than 0s" });
+        let per = self.rate_per_connection();
+        if rate > 0.0 && !(MIN_RATE..=MAX_RATE).contains(&per) {
+            return Err(ConfigError::Invalid { what: "rate", value: format!("{per}/s per connection"), hint: RATE_HINT });
         }
-        if self.heartbeat.is_zero() {
-            return Err(ConfigError::Invalid { what: "heartbeat", value: "0s".into(), hint: "longer than 0s" });
-        }
-        if self.payload_size > MAX_PAYLOAD_SIZE {
-            return Err(ConfigError::Invalid {
-                what: "payload-size",
-                value: self.payload_size.to_string(),
-                hint: "at most 61440 bytes (the server's default frame limit is 64 KiB)",
-            });
-        }
-        let users = self.user_range().len() as u64;
-        if rate > 0.0 && users < 2 {
+        if rate > 0.0 && self.user_range().len() < 2 {
             return Err(ConfigError::Invalid {
                 what: "clients",
                 value: self.clients.to_string(),
                 hint: "at least 2 users per shard when sending (a user never sends to itself)",
             });
         }
+        Ok(())
+    }
+
+    fn validate_pattern(&self) -> Result<(), ConfigError> {
         if self.pattern == Pattern::Hot && self.hot_users == 0 {
             return Err(ConfigError::Invalid { what: "hot-users", value: "0".into(), hint: "at least 1" });
         }
@@ -223,13 +252,10 @@ impl LoadConfig {
                 hint: "at least two --url for cross-node (one per node)",
             });
         }
-        if self.user_prefix.is_empty() || self.user_prefix.contains(|c: char| c.is_whitespace() || matches!(c, '&' | '#' | '"' | '\\' | '?' | '/')) {
-            return Err(ConfigError::Invalid {
-                what: "user-prefix",
-                value: self.user_prefix.clone(),
-                hint: "non-empty, without spaces or any of & # \" \\ ? /",
-            });
-        }
+        Ok(())
+    }
+
+    fn validate_resources(&self, fd_limit: u64, extra_fds: u64) -> Result<(), ConfigError> {
         let conns = self.connections();
         let need = conns + FD_RESERVE + extra_fds;
         if need > fd_limit {
@@ -242,27 +268,64 @@ impl LoadConfig {
         }
         Ok(())
     }
+
+    /// Most messages one connection can send in the run: no sequence number can reach it.
+    pub fn max_sends_per_connection(&self) -> u32 {
+        let n = (self.rate_per_connection() * self.duration.as_secs_f64()).ceil() + 2.0;
+        if n >= f64::from(u32::MAX) {
+            u32::MAX
+        } else {
+            n as u32
+        }
+    }
 }
 
-/// The host:port a `ws://` URL connects to.
-pub fn target_addr(url: &str) -> Result<String, ConfigError> {
+/// Slowest rate accepted (per connection, and for the ramp): one event per 10^6 s (11.6 days),
+/// so `1 / rate` fits a Duration with room to add to an Instant.
+pub const MIN_RATE: f64 = 1e-6;
+/// Fastest rate accepted (per connection, and for the ramp): one event per microsecond. Faster
+/// rounds the interval towards zero; no connection sends that fast anyway.
+pub const MAX_RATE: f64 = 1e6;
+const RATE_HINT: &str = "between 0.000001/s and 1000000/s per connection (one per 11.6 days .. one per microsecond)";
+
+/// A load target: a `ws://` URL, parsed with the `url` crate.
+pub fn parse_url(url: &str) -> Result<url::Url, ConfigError> {
     let bad = |hint| ConfigError::Invalid { what: "url", value: url.to_string(), hint };
-    let rest = url.strip_prefix("ws://").ok_or_else(|| {
-        if url.starts_with("wss://") {
-            bad("wss:// is not supported by this build: use ws:// (put TLS in a proxy in front)")
-        } else {
-            bad("a ws:// URL such as ws://127.0.0.1:8081/ws")
-        }
-    })?;
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    if authority.is_empty() {
+    let parsed = url::Url::parse(url).map_err(|_| bad("a ws:// URL such as ws://127.0.0.1:8081/ws"))?;
+    match parsed.scheme() {
+        "ws" => {}
+        "wss" => return Err(bad("wss:// is not supported by this build: use ws:// (put TLS in a proxy in front)")),
+        _ => return Err(bad("a ws:// URL such as ws://127.0.0.1:8081/ws")),
+    }
+    if parsed.host().is_none() {
         return Err(bad("a ws:// URL with a host, such as ws://127.0.0.1:8081/ws"));
     }
-    if authority.contains(':') && !authority.ends_with(']') {
-        Ok(authority.to_string())
-    } else {
-        Ok(format!("{authority}:80"))
+    Ok(parsed)
+}
+
+/// The host:port a `ws://` URL connects to (IPv6 hosts in brackets, port 80 by default).
+pub fn target_addr(url: &str) -> Result<String, ConfigError> {
+    let u = parse_url(url)?;
+    let port = u.port_or_known_default().unwrap_or(80);
+    match u.host() {
+        Some(url::Host::Ipv6(ip)) => Ok(format!("[{ip}]:{port}")),
+        Some(h) => Ok(format!("{h}:{port}")),
+        None => Err(ConfigError::Invalid { what: "url", value: url.to_string(), hint: "a ws:// URL with a host" }),
     }
+}
+
+/// The URL of one connection: `base` with `userId=<user>` (and `extra` pairs) added to its
+/// query, percent-encoded so any character of a user id arrives as it is.
+pub fn connection_url(base: &url::Url, user: &str, extra: &[(&str, &str)]) -> String {
+    let mut u = base.clone();
+    {
+        let mut q = u.query_pairs_mut();
+        q.append_pair("userId", user);
+        for (k, v) in extra {
+            q.append_pair(k, v);
+        }
+    }
+    u.into()
 }
 
 /// `1000/s`, `1000`, `60/m`, `5/100ms`: events per second.
@@ -350,6 +413,10 @@ pub struct Profile {
     pub drain: Option<String>,
     pub user_prefix: Option<String>,
     pub connect_timeout: Option<String>,
+    /// Ask the server to ack every send (`--ack`).
+    pub ack: Option<bool>,
+    /// Resume from the last offset on reconnect (`--resume`).
+    pub resume: Option<bool>,
     /// Thresholds, as `--assert`.
     #[serde(default)]
     pub assert: Vec<String>,
@@ -444,6 +511,41 @@ mod tests {
         assert!(parse_shard("0/4").is_err() && parse_shard("5/4").is_err());
         assert_eq!(parse_source_ips("127.0.0.2-127.0.0.4").unwrap().len(), 3);
         assert!(parse_source_ips("127.0.0.9-127.0.0.2").is_err());
+    }
+
+    #[test]
+    fn tiny_and_huge_rates_are_refused_not_panicked_on() {
+        let mut c = LoadConfig::new(vec!["ws://127.0.0.1:1/ws".into()]);
+        for r in [1e-30, 1e-7, 2e6] {
+            c.rate = Rate::PerConnection(r);
+            let e = c.validate(100_000, 0).unwrap_err().to_string();
+            assert!(e.contains("invalid rate") && e.contains("per connection"), "{r}: {e}");
+        }
+        c.rate = Rate::PerConnection(f64::INFINITY);
+        assert!(c.validate(100_000, 0).is_err());
+        c.rate = Rate::Total(1e-20);
+        assert!(c.validate(100_000, 0).is_err());
+        c.rate = Rate::PerConnection(0.0);
+        c.validate(100_000, 0).unwrap();
+        c.rate = Rate::PerConnection(MIN_RATE);
+        c.validate(100_000, 0).unwrap();
+        c.ramp_per_s = 1e-12;
+        assert!(c.validate(100_000, 0).unwrap_err().to_string().contains("invalid ramp"));
+    }
+
+    #[test]
+    fn urls_are_parsed_and_user_ids_percent_encoded() {
+        assert_eq!(target_addr("ws://127.0.0.1:8081/ws").unwrap(), "127.0.0.1:8081");
+        assert_eq!(target_addr("ws://example.com/ws?x=1").unwrap(), "example.com:80");
+        assert_eq!(target_addr("ws://[::1]:9000/ws").unwrap(), "[::1]:9000");
+        assert!(target_addr("wss://h/ws").unwrap_err().to_string().contains("not supported"));
+        assert!(target_addr("http://h/ws").is_err() && target_addr("nonsense").is_err());
+        let base = parse_url("ws://h:1/ws?token=abc").unwrap();
+        let u = connection_url(&base, "a+b %&#/é", &[("since", "5")]);
+        assert_eq!(u, "ws://h:1/ws?token=abc&userId=a%2Bb+%25%26%23%2F%C3%A9&since=5");
+        let parsed = url::Url::parse(&u).unwrap();
+        let pairs: Vec<(String, String)> = parsed.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        assert_eq!(pairs[1], ("userId".to_string(), "a+b %&#/é".to_string()));
     }
 
     #[test]

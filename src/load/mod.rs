@@ -8,18 +8,26 @@
 //!
 //! # Layout
 //! - [`config`]: [`LoadConfig`], profiles and value parsers.
-//! - [`schedule`]: users, targets, receiver patterns, the payload stamp.
+//! - [`schedule`]: users, targets, receiver patterns, the chat frame written.
+//! - [`wire`]: every frame from the server read with serde_json (any server of the protocol).
 //! - `client`: one connection slot's task.
-//! - [`audit`]: lost / duplicated / reordered per receiver connection.
-//! - [`report`]: [`Report`], merging, thresholds.
+//! - [`audit`]: lost / duplicated / reordered per receiver connection, bounded against hostile
+//!   numbers.
+//! - [`acks`]: `--ack`: server answers per send, and what the audit must not call lost.
+//! - [`report`]: [`Report`], merging, thresholds, the per-second series.
+//! - [`plot`]: the series drawn as an SVG.
 
+pub mod acks;
 pub mod audit;
 mod client;
 pub mod config;
+pub mod plot;
 pub mod report;
 pub mod schedule;
+pub mod wire;
 
 use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -32,16 +40,18 @@ use tokio_util::task::TaskTracker;
 
 pub use audit::{AuditTotals, ConnectionAudit};
 pub use config::{ConfigError, LoadConfig, Pattern, Profile, Rate};
-pub use report::{Assertion, AssertionResult, Percentiles, Report};
+pub use report::{AckStats, Assertion, AssertionResult, Diagnosis, FrameStats, Percentiles, Report, SeriesPoint};
 
-use audit::SlotAuditInput;
+use audit::{SenderAuditInput, SlotAuditInput, StampBounds};
 use client::SlotOutcome;
-use report::{encode_histogram, new_histogram, ConnectionStats, MessageStats, RunInfo, SerializedHistograms};
+use report::{count_bounded, encode_histogram, new_histogram, ConnectionStats, MessageStats, RunInfo, SerializedHistograms};
 use schedule::Plan;
 
 /// tungstenite's read buffer per connection. Its default (128 KiB) would cost ~135 KiB RSS per
-/// connection; our frames are a few hundred bytes.
-pub const READ_BUFFER: usize = 4 * 1024;
+/// connection; our frames are a few hundred bytes. tungstenite zero-fills this much before
+/// every read, which at 4 KiB was 2% of the generator's CPU; 1 KiB still takes ~6 frames a read
+/// and keeps an idle connection under 8 KiB.
+pub const READ_BUFFER: usize = 1024;
 /// Frames are batched up to this before a write syscall (we feed a tick's frames, then flush).
 pub const WRITE_BUFFER: usize = 4 * 1024;
 /// Cap on bytes buffered for one connection: a tick's burst of max-size frames fits; beyond it
@@ -59,13 +69,27 @@ pub const SETTLE: Duration = Duration::from_millis(200);
 /// How often the engine checks whether in-flight messages have all arrived during the drain.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// After the run closes its connections, how long the slot tasks get to finish before they are
-/// abandoned (their close handshakes have their own timeout inside).
+/// aborted (their close handshakes have their own timeout inside).
 const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Width of one point of the time series (`--json` `series`, `--csv`, `wsctl load plot`).
+pub const SERIES_TICK: Duration = Duration::from_secs(1);
+/// Longest series kept: a day of seconds (a point is ~100 bytes). Longer runs keep their first day.
+const MAX_SERIES_POINTS: usize = 86_400;
 
-/// A histogram shard: samples of the current progress interval, and everything before it.
+/// A histogram shard: every sample of the run, and the samples of the current series second.
+/// Each sample goes into both: folding a full-range histogram into another every second cost
+/// the generator a few milliseconds of its one thread (late sends), a small one costs nothing.
 pub struct LatencyShard {
     interval: Histogram<u64>,
     total: Histogram<u64>,
+}
+
+/// Highest latency the per-second window tells apart (60 s, 2 significant digits: ~27 KB per
+/// shard instead of ~240 KB); slower samples are clamped to it in the window, not the total.
+const WINDOW_MAX_US: u64 = 60_000_000;
+
+fn new_window() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, WINDOW_MAX_US, 2).expect("static histogram bounds are valid")
 }
 
 /// The phase a run is in, for progress display.
@@ -92,9 +116,26 @@ pub struct Live {
     pub expected: AtomicU64,
     pub errors: AtomicU64,
     pub reconnects: AtomicU64,
+    /// `--ack`: sends waiting for an answer, and answers by verdict.
+    pub acks_waiting: AtomicU64,
+    pub acked_online: AtomicU64,
+    pub acked_offline: AtomicU64,
+    pub refused: AtomicU64,
     phase: AtomicU8,
     latency: Vec<Mutex<LatencyShard>>,
+    ack_latency: Vec<Mutex<Histogram<u64>>>,
     connect_hist: Mutex<Histogram<u64>>,
+    /// Errors by code since the last series point (bounded by `report::MAX_CODES`).
+    error_codes: Mutex<BTreeMap<String, u64>>,
+    series: Mutex<Series>,
+}
+
+/// The per-second series being built, and the counters at the previous point.
+#[derive(Default)]
+struct Series {
+    points: Vec<SeriesPoint>,
+    last: [u64; 6],
+    last_t: f64,
 }
 
 /// A progress sample.
@@ -123,9 +164,16 @@ impl Default for Live {
             expected: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            acks_waiting: AtomicU64::new(0),
+            acked_online: AtomicU64::new(0),
+            acked_offline: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             phase: AtomicU8::new(0),
-            latency: (0..LATENCY_SHARDS).map(|_| Mutex::new(LatencyShard { interval: new_histogram(), total: new_histogram() })).collect(),
+            latency: (0..LATENCY_SHARDS).map(|_| Mutex::new(LatencyShard { interval: new_window(), total: new_histogram() })).collect(),
+            ack_latency: (0..LATENCY_SHARDS).map(|_| Mutex::new(new_histogram())).collect(),
             connect_hist: Mutex::new(new_histogram()),
+            error_codes: Mutex::default(),
+            series: Mutex::default(),
         }
     }
 }
@@ -149,18 +197,10 @@ impl Live {
         self.phase.store(p as u8, Relaxed);
     }
 
-    /// Folds the latest samples into the totals and returns the counters. Call it about once a
-    /// second: the window p99 covers the samples since the previous call.
+    /// The counters now, and the p99 of the last series point.
     pub fn snapshot(&self) -> Snapshot {
-        let mut window = new_histogram();
-        for shard in &self.latency {
-            let mut g = shard.lock().unwrap_or_else(|p| p.into_inner());
-            let LatencyShard { interval, total } = &mut *g;
-            // Same bounds on both sides: adding cannot fail.
-            let _ = total.add(&*interval);
-            let _ = window.add(&*interval);
-            interval.reset();
-        }
+        let series = lock(&self.series);
+        let window_p99_ms = series.points.last().filter(|p| p.delivered > 0).map(|p| p.p99_ms);
         Snapshot {
             phase: self.phase(),
             target: self.target.load(Relaxed),
@@ -169,19 +209,76 @@ impl Live {
             delivered: self.delivered.load(Relaxed),
             errors: self.errors.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
-            window_p99_ms: (!window.is_empty()).then(|| window.value_at_quantile(0.99) as f64 / 1000.0),
+            window_p99_ms,
         }
     }
 
+    /// Folds the latency samples since the previous call into the totals and appends a series
+    /// point at `t` seconds. The engine calls it every [`SERIES_TICK`], and once at the end.
+    fn tick(&self, t: f64) {
+        let mut window = new_window();
+        for shard in &self.latency {
+            let mut g = lock(shard);
+            // Same bounds on both sides: adding cannot fail.
+            let _ = window.add(&g.interval);
+            g.interval.reset();
+        }
+        let errors_by_code = std::mem::take(&mut *lock(&self.error_codes));
+        let now = [&self.sent, &self.delivered, &self.errors, &self.acked_online, &self.acked_offline, &self.refused].map(|c| c.load(Relaxed));
+        let mut series = lock(&self.series);
+        let d: Vec<u64> = now.iter().zip(series.last).map(|(n, l)| n.saturating_sub(l)).collect();
+        series.last = now;
+        let dt_s = ((t - series.last_t) * 1000.0).round() / 1000.0;
+        series.last_t = t;
+        if series.points.len() >= MAX_SERIES_POINTS {
+            return;
+        }
+        let q = |p: f64| if window.is_empty() { 0.0 } else { window.value_at_quantile(p) as f64 / 1000.0 };
+        series.points.push(SeriesPoint {
+            t: (t * 1000.0).round() / 1000.0,
+            dt_s,
+            sent: d[0],
+            delivered: d[1],
+            p50_ms: q(0.5),
+            p99_ms: q(0.99),
+            errors: d[2],
+            errors_by_code,
+            connections: self.connected.load(Relaxed),
+            acked_online: d[3],
+            acked_offline: d[4],
+            refused: d[5],
+        });
+    }
+
+    /// Counts an error for the series.
+    fn count_error(&self, code: &str) {
+        count_bounded(&mut lock(&self.error_codes), code, 1);
+    }
+
+    fn record_ack(&self, slot: u32, us: u64) {
+        lock(&self.ack_latency[slot as usize % self.ack_latency.len()]).saturating_record(us);
+    }
+
     fn total_latency(&self) -> Histogram<u64> {
-        self.snapshot();
         let mut all = new_histogram();
         for shard in &self.latency {
-            let g = shard.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = all.add(&g.total);
+            let _ = all.add(&lock(shard).total);
         }
         all
     }
+
+    fn total_ack_latency(&self) -> Histogram<u64> {
+        let mut all = new_histogram();
+        for shard in &self.ack_latency {
+            let _ = all.add(&*lock(shard));
+        }
+        all
+    }
+}
+
+/// A poisoned lock still holds valid counts: a panicking slot task cannot stop the report.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What the slot tasks share (read-mostly).
@@ -189,6 +286,12 @@ pub(crate) struct Shared {
     config: LoadConfig,
     plan: Plan,
     addrs: Vec<SocketAddr>,
+    /// `config.urls`, parsed: each connection's URL adds its user id to one.
+    bases: Vec<url::Url>,
+    /// What a delivered stamp must respect to be audited.
+    bounds: StampBounds,
+    /// Bytes of a chat frame, to allocate each one once at its final size.
+    frame_capacity: usize,
     ws_config: WebSocketConfig,
     /// The process clock's zero: send times in payloads are nanoseconds since it.
     epoch: Instant,
@@ -223,6 +326,49 @@ pub enum LoadError {
 /// clients' (an embedded server's).
 pub async fn run(config: LoadConfig, live: Arc<Live>, stop: CancellationToken, fd_limit: u64, extra_fds: u64) -> Result<Report, LoadError> {
     config.validate(fd_limit, extra_fds)?;
+    let addrs = resolve(&config).await?;
+    let rss_before = rss_kib();
+    let shared = Arc::new(Shared::new(config, addrs, live.clone()));
+    let run_start = Instant::now();
+    let sampler = spawn_sampler(live.clone(), run_start);
+    let tracker = TaskTracker::new();
+    let handles = ramp(&shared, &tracker, &stop).await;
+    let connected_at_start = live.connected.load(Relaxed);
+    let rss_connected = rss_kib();
+
+    // Traffic.
+    let start = Instant::now() + SETTLE;
+    let _ = shared.traffic_start.set(start);
+    shared.go.cancel();
+    shared.control.iter().for_each(tokio::sync::Notify::notify_one);
+    live.set_phase(Phase::Running);
+    let send_end = start + shared.config.duration;
+    tokio::select! {
+        _ = tokio::time::sleep_until(send_end) => {}
+        _ = stop.cancelled() => {}
+    }
+    let sending_ended = Instant::now().min(send_end);
+    drain(&shared, send_end).await;
+
+    live.set_phase(Phase::Closing);
+    shared.close.cancel();
+    shared.control.iter().for_each(tokio::sync::Notify::notify_one);
+    tracker.close();
+    let outcomes = finish(handles).await;
+    sampler.abort();
+    live.tick(series_t(Instant::now(), run_start));
+    live.set_phase(Phase::Done);
+    // Rates are over the send window: what was delivered during the drain was sent inside it.
+    let traffic_seconds = sending_ended.saturating_duration_since(start).as_secs_f64();
+    let mut report = build_report(&shared, &live, outcomes, connected_at_start, traffic_seconds);
+    report.run.traffic_start_s = start.saturating_duration_since(run_start).as_secs_f64();
+    if let (Some(before), Some(after)) = (rss_before, rss_connected) {
+        report.connections.rss_kib_per_connection = (connected_at_start > 0).then(|| after.saturating_sub(before) as f64 / connected_at_start as f64);
+    }
+    Ok(report)
+}
+
+async fn resolve(config: &LoadConfig) -> Result<Vec<SocketAddr>, LoadError> {
     let mut addrs = Vec::with_capacity(config.urls.len());
     for url in &config.urls {
         let target = config::target_addr(url)?;
@@ -233,35 +379,76 @@ pub async fn run(config: LoadConfig, live: Arc<Live>, stop: CancellationToken, f
             .ok_or_else(|| LoadError::Resolve { target: target.clone(), error: "no address".into() })?;
         addrs.push(addr);
     }
-    let plan = Plan::new(&config);
-    let slots = plan.slots();
-    live.target.store(u64::from(slots), Relaxed);
-    let shared = Arc::new(Shared {
-        padding: "x".repeat(config.payload_size),
-        ws_config: WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(WRITE_BUFFER)
-            .max_write_buffer_size(MAX_WRITE_BUFFER)
-            .max_message_size(Some(MAX_FRAME))
-            .max_frame_size(Some(MAX_FRAME)),
-        epoch: Instant::now(),
-        live: live.clone(),
-        online: (0..slots).map(|_| AtomicBool::new(false)).collect(),
-        missed: (0..slots).map(|_| AtomicU64::new(0)).collect(),
-        control: (0..slots).map(|_| tokio::sync::Notify::new()).collect(),
-        go: CancellationToken::new(),
-        traffic_start: OnceLock::new(),
-        close: CancellationToken::new(),
-        first_attempts: AtomicU64::new(0),
-        addrs,
-        plan,
-        config,
-    });
+    Ok(addrs)
+}
 
-    // Ramp: spawn slots at the configured rate.
-    let tracker = TaskTracker::new();
+impl Shared {
+    /// `config` was validated, so its URLs parse.
+    fn new(config: LoadConfig, addrs: Vec<SocketAddr>, live: Arc<Live>) -> Shared {
+        let plan = Plan::new(&config);
+        let slots = plan.slots();
+        live.target.store(u64::from(slots), Relaxed);
+        let bases = config.urls.iter().map(|u| config::parse_url(u).expect("validated URL")).collect();
+        let longest_name = plan.names_json.iter().map(|n| n.len()).max().unwrap_or(0);
+        Shared {
+            padding: "x".repeat(config.payload_size),
+            frame_capacity: FRAME_OVERHEAD + longest_name + config.payload_size,
+            bounds: StampBounds { slots, max_seq: config.max_sends_per_connection() },
+            ws_config: WebSocketConfig::default()
+                .read_buffer_size(READ_BUFFER)
+                .write_buffer_size(WRITE_BUFFER)
+                .max_write_buffer_size(MAX_WRITE_BUFFER)
+                .max_message_size(Some(MAX_FRAME))
+                .max_frame_size(Some(MAX_FRAME)),
+            epoch: Instant::now(),
+            live,
+            online: (0..slots).map(|_| AtomicBool::new(false)).collect(),
+            missed: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            control: (0..slots).map(|_| tokio::sync::Notify::new()).collect(),
+            go: CancellationToken::new(),
+            traffic_start: OnceLock::new(),
+            close: CancellationToken::new(),
+            first_attempts: AtomicU64::new(0),
+            addrs,
+            bases,
+            plan,
+            config,
+        }
+    }
+}
+
+/// A chat frame's bytes besides the receiver id and the padding: keys, numbers, id (generous).
+const FRAME_OVERHEAD: usize = 128;
+
+/// This process's resident memory (VmRSS), where /proc tells it.
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Seconds since the run started (the first connection attempt).
+fn series_t(now: Instant, run_start: Instant) -> f64 {
+    now.duration_since(run_start).as_secs_f64()
+}
+
+/// Appends a series point every [`SERIES_TICK`] until aborted.
+fn spawn_sampler(live: Arc<Live>, run_start: Instant) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(run_start + SERIES_TICK, SERIES_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let at = tick.tick().await;
+            live.tick(series_t(at, run_start));
+        }
+    })
+}
+
+/// Spawns the slots at the ramp rate and waits until each made its first connection attempt.
+async fn ramp(shared: &Arc<Shared>, tracker: &TaskTracker, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<SlotOutcome>> {
+    let slots = shared.plan.slots();
     let mut handles = Vec::with_capacity(slots as usize);
     let t0 = Instant::now();
+    // Validated: ramp_per_s is within config::MIN_RATE..=MAX_RATE.
     let per = Duration::from_secs_f64(1.0 / shared.config.ramp_per_s);
     for slot in 0..slots {
         let due = t0 + per * slot;
@@ -281,60 +468,120 @@ pub async fn run(config: LoadConfig, live: Arc<Live>, stop: CancellationToken, f
             _ = stop.cancelled() => {}
         }
     }
-    let connected_at_start = live.connected.load(Relaxed);
+    handles
+}
 
-    // Traffic.
-    let start = Instant::now() + SETTLE;
-    let _ = shared.traffic_start.set(start);
-    shared.go.cancel();
-    shared.control.iter().for_each(tokio::sync::Notify::notify_one);
-    live.set_phase(Phase::Running);
-    let send_end = start + shared.config.duration;
-    tokio::select! {
-        _ = tokio::time::sleep_until(send_end) => {}
-        _ = stop.cancelled() => {}
-    }
-    let sending_ended = Instant::now().min(send_end);
-    // Drain: wait until every owed delivery arrived, or the drain time is up.
+/// Waits until every owed delivery arrived and every send with an id was answered, or the
+/// drain time is up.
+async fn drain(shared: &Shared, send_end: Instant) {
+    let live = &shared.live;
     live.set_phase(Phase::Draining);
     let drain_end = Instant::now().max(send_end) + shared.config.drain;
     loop {
         let now = Instant::now();
-        if now >= drain_end || (now >= send_end && live.audited.load(Relaxed) >= live.expected.load(Relaxed)) {
+        let settled = live.audited.load(Relaxed) >= live.expected.load(Relaxed) && live.acks_waiting.load(Relaxed) == 0;
+        if now >= drain_end || (now >= send_end && settled) {
             break;
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }
-    live.set_phase(Phase::Closing);
-    shared.close.cancel();
-    shared.control.iter().for_each(tokio::sync::Notify::notify_one);
-    tracker.close();
+}
+
+/// Collects the slots' outcomes; a slot still running after [`FINISH_TIMEOUT`] is aborted, so
+/// nothing of the run is left behind.
+async fn finish(handles: Vec<tokio::task::JoinHandle<SlotOutcome>>) -> Vec<SlotOutcome> {
+    let deadline = Instant::now() + FINISH_TIMEOUT;
     let mut outcomes = Vec::with_capacity(handles.len());
-    let finish = tokio::time::timeout(FINISH_TIMEOUT, async {
-        for h in handles {
-            if let Ok(o) = h.await {
-                outcomes.push(o);
+    for mut h in handles {
+        match tokio::time::timeout_at(deadline, &mut h).await {
+            Ok(Ok(o)) => outcomes.push(o),
+            Ok(Err(_)) => {}
+            Err(_) => {
+                h.abort();
+                let _ = h.await;
             }
         }
-    });
-    let _ = finish.await;
-    live.set_phase(Phase::Done);
-    // Rates are over the send window: what was delivered during the drain was sent inside it.
-    let traffic_seconds = sending_ended.saturating_duration_since(start).as_secs_f64();
-    Ok(build_report(&shared, &live, outcomes, connected_at_start, traffic_seconds))
+    }
+    outcomes
 }
 
 fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, connected_at_start: u64, traffic_seconds: f64) -> Report {
     let cfg = &sh.config;
+    let (connections, mut messages, frames, mut acks) = fold_outcomes(sh, live, &outcomes, connected_at_start);
+    messages.traffic_seconds = traffic_seconds;
+    if traffic_seconds > 0.0 {
+        messages.sent_per_s = messages.sent as f64 / traffic_seconds;
+        messages.delivered_per_s = messages.delivered as f64 / traffic_seconds;
+    }
+    let sent_to_offline = outcomes.iter().map(|o| o.sent_to_offline).sum();
+    let conclusion = audit::conclude(
+        sh.plan.users,
+        sh.plan.connections_per_user,
+        outcomes.iter().map(|o| SenderAuditInput {
+            slot: o.slot,
+            counts: &o.sent_counts,
+            not_accepted: o.acks.as_ref().map_or(&[][..], |a| &a.not_accepted[..]),
+        }),
+        outcomes.iter().map(|o| SlotAuditInput {
+            slot: o.slot,
+            user: sh.plan.user_of(o.slot),
+            audit: &o.audit,
+            missed_while_offline: sh.missed[o.slot as usize].load(Relaxed),
+        }),
+        &sh.plan.names,
+        sent_to_offline,
+    );
+    let latency = live.total_latency();
+    let connect = lock(&live.connect_hist).clone();
+    let ack_hist = live.total_ack_latency();
+    if let Some(a) = &mut acks {
+        a.lost_after_ack = conclusion.lost_after_ack;
+        a.refused_arrived = conclusion.refused_arrived;
+        a.latency_ms = Percentiles::of(&ack_hist);
+    }
+    let (i, n) = cfg.shard;
+    Report {
+        run: RunInfo {
+            urls: cfg.urls.clone(),
+            clients: cfg.clients,
+            connections_per_user: cfg.connections_per_user,
+            shards: vec![format!("{}/{n}", i + 1)],
+            pattern: cfg.pattern.as_str().to_string(),
+            rate_per_connection: cfg.rate_per_connection(),
+            payload_size: cfg.payload_size,
+            duration_s: cfg.duration.as_secs_f64(),
+            traffic_start_s: 0.0,
+        },
+        connections,
+        connect_ms: Percentiles::of(&connect),
+        latency_ms: Percentiles::of(&latency),
+        diagnosis: Diagnosis::of(messages.sent, &frames),
+        messages,
+        audit: conclusion.totals,
+        audit_receivers: conclusion.listed,
+        frames,
+        histograms: SerializedHistograms {
+            latency_us: encode_histogram(&latency),
+            connect_us: encode_histogram(&connect),
+            ack_us: if acks.is_some() { encode_histogram(&ack_hist) } else { String::new() },
+        },
+        acks,
+        series: std::mem::take(&mut lock(&live.series).points),
+    }
+}
+
+/// Adds up what the slots counted.
+fn fold_outcomes(sh: &Shared, live: &Live, outcomes: &[SlotOutcome], connected_at_start: u64) -> (ConnectionStats, MessageStats, FrameStats, Option<AckStats>) {
     let mut connections = ConnectionStats {
         target: u64::from(sh.plan.slots()),
         connected_at_start,
         peak: live.peak.load(Relaxed),
         ..ConnectionStats::default()
     };
-    let mut messages = MessageStats { traffic_seconds, ..MessageStats::default() };
-    let mut sent_to_offline = 0;
-    for o in &outcomes {
+    let mut messages = MessageStats::default();
+    let mut frames = FrameStats::default();
+    let mut acks = sh.config.ack.then(AckStats::default);
+    for o in outcomes {
         connections.failed_attempts += o.failed_attempts;
         connections.never_connected += u64::from(!o.ever_connected);
         connections.reconnects += o.reconnects;
@@ -349,50 +596,15 @@ fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, connected_
         messages.heartbeats += o.heartbeats;
         messages.latency_reports += o.latency_reports;
         messages.other_frames += o.other_frames;
-        report::add_map(&mut messages.server_errors, &o.server_errors);
+        acks::add_refused(&mut messages.server_errors, &o.server_errors);
         report::add_samples(&mut messages.server_error_samples, &o.server_error_samples);
-        sent_to_offline += o.sent_to_offline;
+        frames.add(&o.frames);
+        if let (Some(into), Some(a)) = (&mut acks, &o.acks) {
+            into.add(&a.stats);
+        }
     }
-    // Slots whose task never reported (abandoned at the finish timeout) never connected as far
+    // Slots whose task never reported (aborted at the finish timeout) never connected as far
     // as the report can tell.
     connections.never_connected += u64::from(sh.plan.slots()).saturating_sub(outcomes.len() as u64);
-    if traffic_seconds > 0.0 {
-        messages.sent_per_s = messages.sent as f64 / traffic_seconds;
-        messages.delivered_per_s = messages.delivered as f64 / traffic_seconds;
-    }
-    let (audit, audit_receivers) = audit::conclude(
-        sh.plan.users,
-        sh.plan.connections_per_user,
-        outcomes.iter().map(|o| (o.slot, &o.sent_counts)),
-        outcomes.iter().map(|o| SlotAuditInput {
-            slot: o.slot,
-            user: sh.plan.user_of(o.slot),
-            audit: &o.audit,
-            missed_while_offline: sh.missed[o.slot as usize].load(Relaxed),
-        }),
-        &sh.plan.names,
-        sent_to_offline,
-    );
-    let latency = live.total_latency();
-    let connect = live.connect_hist.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let (i, n) = cfg.shard;
-    Report {
-        run: RunInfo {
-            urls: cfg.urls.clone(),
-            clients: cfg.clients,
-            connections_per_user: cfg.connections_per_user,
-            shards: vec![format!("{}/{n}", i + 1)],
-            pattern: cfg.pattern.as_str().to_string(),
-            rate_per_connection: cfg.rate_per_connection(),
-            payload_size: cfg.payload_size,
-            duration_s: cfg.duration.as_secs_f64(),
-        },
-        connections,
-        connect_ms: Percentiles::of(&connect),
-        latency_ms: Percentiles::of(&latency),
-        messages,
-        audit,
-        audit_receivers,
-        histograms: SerializedHistograms { latency_us: encode_histogram(&latency), connect_us: encode_histogram(&connect) },
-    }
+    (connections, messages, frames, acks)
 }

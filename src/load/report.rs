@@ -77,6 +77,11 @@ pub struct ConnectionStats {
     /// Of those, the ones whose server answered with its own close frame in time (RFC 6455
     /// asks it to; a server that just drops the TCP connection shows here).
     pub clean_closes: u64,
+    /// This process's memory per connection: RSS growth from before the first connection to
+    /// when all were up, divided by the connections up (Linux; absent elsewhere). Before any
+    /// traffic, so it is the cost of an idle connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_kib_per_connection: Option<f64>,
 }
 
 /// Counts about messages.
@@ -106,6 +111,137 @@ pub struct MessageStats {
     pub other_frames: u64,
 }
 
+/// What arrived, frame by frame: the evidence for "nothing recognized" (issue 12).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FrameStats {
+    /// Text and binary frames from the server (pings, pongs and closes aside).
+    pub received: u64,
+    /// Frames by their `type` field (at most [`MAX_CODES`] names; the rest as `(other)`).
+    pub by_type: BTreeMap<String, u64>,
+    /// Frames carrying a stamp of this run (delivered messages the audit counted).
+    pub stamped: u64,
+    /// Frames not counted, by reason.
+    pub unrecognized: BTreeMap<String, u64>,
+    /// The first frame of each reason, cut to 200 bytes.
+    pub samples: BTreeMap<String, String>,
+}
+
+impl FrameStats {
+    pub(super) fn add(&mut self, o: &FrameStats) {
+        self.received += o.received;
+        self.stamped += o.stamped;
+        for (k, v) in &o.by_type {
+            count_bounded(&mut self.by_type, k, *v);
+        }
+        add_map(&mut self.unrecognized, &o.unrecognized);
+        add_samples(&mut self.samples, &o.samples);
+    }
+}
+
+/// What a run could measure. Anything but `measured` and `idle` means the loss figures say
+/// nothing about the server: the report says why instead.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Diagnosis {
+    /// Messages arrived and were audited.
+    #[default]
+    Measured,
+    /// Nothing was sent (idle connections, or none connected).
+    Idle,
+    /// Messages were sent and not one frame came back.
+    NothingArrived,
+    /// Frames came back, but none carried a stamp of this run.
+    NothingRecognized,
+}
+
+impl Diagnosis {
+    pub fn of(sent: u64, frames: &FrameStats) -> Diagnosis {
+        if frames.stamped > 0 {
+            Diagnosis::Measured
+        } else if sent == 0 {
+            Diagnosis::Idle
+        } else if frames.received == 0 {
+            Diagnosis::NothingArrived
+        } else if frames.unrecognized.values().sum::<u64>() > 0 || frames.by_type.values().sum::<u64>() > 0 {
+            Diagnosis::NothingRecognized
+        } else {
+            Diagnosis::NothingArrived
+        }
+    }
+}
+
+/// Server answers to sends that carried an `id` (`--ack`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AckStats {
+    /// Sends that carried an id.
+    pub sent_with_id: u64,
+    /// Acked with `online:true`: the server took it for delivery.
+    pub online: u64,
+    /// Acked with `online:false` (or without `online`): accepted, receiver not online.
+    pub offline: u64,
+    /// `error` frames answering a send, by code (`unavailable`, `overloaded`, `rate_limited`...).
+    pub refused: BTreeMap<String, u64>,
+    /// Sends with no answer by the end of the drain, on a connection still up.
+    pub unanswered: u64,
+    /// Sends whose connection closed before an answer came.
+    pub unanswered_closed: u64,
+    /// Answers for an id we did not send or that was already answered.
+    pub unknown_ids: u64,
+    /// Send to ack or error.
+    pub latency_ms: Percentiles,
+    /// Acked `online:true` and never delivered to a receiver connection that was up: the
+    /// figure that matters.
+    pub lost_after_ack: u64,
+    /// Refused, offline or unanswered sends that arrived anyway (e.g. `unavailable` after local
+    /// delivery on the sender's node), per receiver connection: neither loss nor duplicates.
+    pub refused_arrived: u64,
+    /// Refused sends whose fate no receiver could tell (more than the tracking bound).
+    pub untracked: u64,
+}
+
+impl AckStats {
+    pub(super) fn add(&mut self, o: &AckStats) {
+        self.sent_with_id += o.sent_with_id;
+        self.online += o.online;
+        self.offline += o.offline;
+        add_map(&mut self.refused, &o.refused);
+        self.unanswered += o.unanswered;
+        self.unanswered_closed += o.unanswered_closed;
+        self.unknown_ids += o.unknown_ids;
+        self.lost_after_ack += o.lost_after_ack;
+        self.refused_arrived += o.refused_arrived;
+        self.untracked += o.untracked;
+    }
+}
+
+/// One second of the run, for `--json`, `--csv` and `wsctl load plot`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SeriesPoint {
+    /// End of this second, in seconds since the run started (traffic starts at
+    /// `run.traffic_start_s`).
+    pub t: f64,
+    /// This point's width in seconds: 1, unless the runtime was too busy to sample on time
+    /// (then the counts cover `dt_s` seconds).
+    #[serde(default)]
+    pub dt_s: f64,
+    pub sent: u64,
+    pub delivered: u64,
+    /// End-to-end latency of the deliveries in this second, in ms (0 when none).
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Connection failures and error frames in this second.
+    pub errors: u64,
+    /// Error frames in this second by code (failed connects as `connect`, closes as `close`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// Connections up at the end of this second.
+    pub connections: u64,
+    pub acked_online: u64,
+    pub acked_offline: u64,
+    pub refused: u64,
+}
+
 /// The run's settings, as far as they matter to read the figures.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RunInfo {
@@ -118,6 +254,9 @@ pub struct RunInfo {
     pub rate_per_connection: f64,
     pub payload_size: usize,
     pub duration_s: f64,
+    /// When traffic started, in seconds since the run started (the series' time base).
+    #[serde(default)]
+    pub traffic_start_s: f64,
 }
 
 /// Everything a run measured.
@@ -132,6 +271,17 @@ pub struct Report {
     pub audit: AuditTotals,
     /// The receiver connections with the most issues.
     pub audit_receivers: Vec<ConnectionAudit>,
+    /// What the figures can be trusted for.
+    #[serde(default)]
+    pub diagnosis: Diagnosis,
+    #[serde(default)]
+    pub frames: FrameStats,
+    /// Present with `--ack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acks: Option<AckStats>,
+    /// Per second of the run.
+    #[serde(default)]
+    pub series: Vec<SeriesPoint>,
     pub histograms: SerializedHistograms,
 }
 
@@ -140,109 +290,114 @@ pub struct Report {
 pub struct SerializedHistograms {
     pub latency_us: String,
     pub connect_us: String,
+    /// Send to ack (`--ack`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ack_us: String,
 }
 
 /// Why reports cannot be merged or read.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReportError {
-    #[error("histogram {what}: {error}")]
-    Histogram { what: &'static str, error: String },
+    /// `field` is the JSON path of the bad value, e.g. `histograms.latency_us`.
+    #[error("field {field}: {error}")]
+    Histogram { field: &'static str, error: String },
     #[error("no reports to merge")]
     Empty,
 }
 
+/// V2-serialized, then hex (the `hex` crate).
 pub fn encode_histogram(h: &Histogram<u64>) -> String {
     let mut buf = Vec::new();
     V2Serializer::new().serialize(h, &mut buf).expect("serializing into a Vec");
-    let mut s = String::with_capacity(buf.len() * 2);
-    for b in buf {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    hex::encode(buf)
 }
 
-pub fn decode_histogram(what: &'static str, hex: &str) -> Result<Histogram<u64>, ReportError> {
-    let err = |error: String| ReportError::Histogram { what, error };
-    if hex.is_empty() {
+/// The inverse of [`encode_histogram`]; `field` names the value in errors. An empty string is
+/// an empty histogram.
+pub fn decode_histogram(field: &'static str, text: &str) -> Result<Histogram<u64>, ReportError> {
+    let err = |error: String| ReportError::Histogram { field, error };
+    if text.is_empty() {
         return Ok(new_histogram());
     }
-    if hex.len() % 2 != 0 {
-        return Err(err("odd number of hex digits".into()));
-    }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    let h: Histogram<u64> = Deserializer::new().deserialize(&mut bytes.as_slice()).map_err(|e| err(format!("{e:?}")))?;
+    let bytes = hex::decode(text).map_err(|e| err(format!("not hex: {e}")))?;
+    let h: Histogram<u64> = Deserializer::new().deserialize(&mut bytes.as_slice()).map_err(|e| err(format!("not an HdrHistogram: {e:?}")))?;
     let mut out = new_histogram();
     out.add(&h).map_err(|e| err(format!("{e:?}")))?;
     Ok(out)
 }
 
+const LATENCY_FIELD: &str = "histograms.latency_us";
+const CONNECT_FIELD: &str = "histograms.connect_us";
+const ACK_FIELD: &str = "histograms.ack_us";
+
 impl Report {
-    /// Merges shard reports: counts added, histograms added, rates added (shards run at once).
+    /// Decodes every serialized histogram, so a bad one is named before anything is merged.
+    pub fn check_histograms(&self) -> Result<(), ReportError> {
+        decode_histogram(LATENCY_FIELD, &self.histograms.latency_us)?;
+        decode_histogram(CONNECT_FIELD, &self.histograms.connect_us)?;
+        decode_histogram(ACK_FIELD, &self.histograms.ack_us)?;
+        Ok(())
+    }
+
+    /// Merges shard reports: counts added, histograms added, rates added (shards run at once),
+    /// series added second by second.
     pub fn merge(reports: &[Report]) -> Result<Report, ReportError> {
         let first = reports.first().ok_or(ReportError::Empty)?;
-        let mut lat = new_histogram();
-        let mut con = new_histogram();
+        let (mut lat, mut con, mut ack) = (new_histogram(), new_histogram(), new_histogram());
         let mut out = Report { run: first.run.clone(), ..Report::default() };
         out.run.shards.clear();
         for r in reports {
-            lat.add(decode_histogram("latency_us", &r.histograms.latency_us)?).map_err(|e| ReportError::Histogram { what: "latency_us", error: format!("{e:?}") })?;
-            con.add(decode_histogram("connect_us", &r.histograms.connect_us)?).map_err(|e| ReportError::Histogram { what: "connect_us", error: format!("{e:?}") })?;
+            r.check_histograms()?;
+            let add = |into: &mut Histogram<u64>, field: &'static str, text: &str| {
+                into.add(decode_histogram(field, text)?).map_err(|e| ReportError::Histogram { field, error: format!("{e:?}") })
+            };
+            add(&mut lat, LATENCY_FIELD, &r.histograms.latency_us)?;
+            add(&mut con, CONNECT_FIELD, &r.histograms.connect_us)?;
+            add(&mut ack, ACK_FIELD, &r.histograms.ack_us)?;
             out.run.shards.extend(r.run.shards.iter().cloned());
             for u in &r.run.urls {
                 if !out.run.urls.contains(u) {
                     out.run.urls.push(u.clone());
                 }
             }
-            let c = &mut out.connections;
-            let rc = &r.connections;
-            c.target += rc.target;
-            c.connected_at_start += rc.connected_at_start;
-            c.peak += rc.peak;
-            c.failed_attempts += rc.failed_attempts;
-            c.never_connected += rc.never_connected;
-            c.reconnects += rc.reconnects;
-            c.clean_closes += rc.clean_closes;
-            c.closed_by_us += rc.closed_by_us;
-            add_map(&mut c.unexpected_closes, &rc.unexpected_closes);
-            add_map(&mut c.connect_errors, &rc.connect_errors);
-            let m = &mut out.messages;
-            let rm = &r.messages;
-            m.sent += rm.sent;
-            m.delivered += rm.delivered;
-            m.traffic_seconds = m.traffic_seconds.max(rm.traffic_seconds);
-            m.sent_per_s += rm.sent_per_s;
-            m.delivered_per_s += rm.delivered_per_s;
-            m.missed_sends += rm.missed_sends;
-            m.late_sends += rm.late_sends;
-            m.heartbeats += rm.heartbeats;
-            m.latency_reports += rm.latency_reports;
-            m.other_frames += rm.other_frames;
-            add_map(&mut m.server_errors, &rm.server_errors);
-            add_samples(&mut m.server_error_samples, &rm.server_error_samples);
-            let a = &mut out.audit;
-            let ra = &r.audit;
-            a.expected += ra.expected;
-            a.received += ra.received;
-            a.lost += ra.lost;
-            a.duplicated += ra.duplicated;
-            a.reordered += ra.reordered;
-            a.missed_while_offline += ra.missed_while_offline;
-            a.sent_to_offline += ra.sent_to_offline;
-            a.offline_delivered += ra.offline_delivered;
-            a.receivers_with_issues += ra.receivers_with_issues;
+            out.connections.add(&r.connections);
+            out.messages.add(&r.messages);
+            out.audit.add(&r.audit);
+            out.frames.add(&r.frames);
+            if let Some(a) = &r.acks {
+                out.acks.get_or_insert_with(AckStats::default).add(a);
+            }
+            merge_series(&mut out.series, &r.series);
             out.audit_receivers.extend(r.audit_receivers.iter().cloned());
         }
         out.audit_receivers.sort_by_key(|c| std::cmp::Reverse(c.lost + c.duplicated + c.reordered));
         out.audit_receivers.truncate(super::audit::MAX_LISTED_RECEIVERS);
         out.latency_ms = Percentiles::of(&lat);
         out.connect_ms = Percentiles::of(&con);
-        out.histograms = SerializedHistograms { latency_us: encode_histogram(&lat), connect_us: encode_histogram(&con) };
+        if let Some(a) = &mut out.acks {
+            a.latency_ms = Percentiles::of(&ack);
+        }
+        out.diagnosis = Diagnosis::of(out.messages.sent, &out.frames);
+        let ack_us = if out.acks.is_some() { encode_histogram(&ack) } else { String::new() };
+        out.histograms = SerializedHistograms { latency_us: encode_histogram(&lat), connect_us: encode_histogram(&con), ack_us };
         Ok(out)
+    }
+
+    /// `--ack` figures; 0 for a run without acks (nothing was refused or lost after an ack).
+    fn ack_metric(&self, name: &str) -> Option<f64> {
+        let d = AckStats::default();
+        let a = self.acks.as_ref().unwrap_or(&d);
+        Some(match name {
+            "lost_after_ack" => a.lost_after_ack as f64,
+            "unanswered" => (a.unanswered + a.unanswered_closed) as f64,
+            "refused" => a.refused.values().sum::<u64>() as f64,
+            "acked_offline" => a.offline as f64,
+            "ack_p50" => a.latency_ms.p50_ms,
+            "ack_p99" => a.latency_ms.p99_ms,
+            "ack_max" => a.latency_ms.max_ms,
+            _ => return None,
+        })
     }
 
     /// The value a threshold names, or None for an unknown metric.
@@ -272,8 +427,84 @@ impl Report {
             "reconnects" => self.connections.reconnects as f64,
             "errors" => errors as f64,
             "unexpected_closes" => self.connections.unexpected_closes.values().sum::<u64>() as f64,
-            _ => return None,
+            "foreign" => self.audit.foreign as f64,
+            "late_sends" => self.messages.late_sends as f64,
+            _ => return self.ack_metric(name),
         })
+    }
+}
+
+/// Adds a shard's series into `into`, second by second (each shard counts from its own traffic
+/// start; shards started together line up). Percentiles take the worse of the two: the exact
+/// figure needs the histograms, which are not kept per second.
+fn merge_series(into: &mut Vec<SeriesPoint>, from: &[SeriesPoint]) {
+    for p in from {
+        match into.iter_mut().find(|q| (q.t - p.t).abs() < 0.5) {
+            Some(q) => {
+                q.dt_s = q.dt_s.max(p.dt_s);
+                q.sent += p.sent;
+                q.delivered += p.delivered;
+                q.p50_ms = q.p50_ms.max(p.p50_ms);
+                q.p99_ms = q.p99_ms.max(p.p99_ms);
+                q.errors += p.errors;
+                add_map(&mut q.errors_by_code, &p.errors_by_code);
+                q.connections += p.connections;
+                q.acked_online += p.acked_online;
+                q.acked_offline += p.acked_offline;
+                q.refused += p.refused;
+            }
+            None => into.push(p.clone()),
+        }
+    }
+    into.sort_by(|a, b| a.t.total_cmp(&b.t));
+}
+
+impl ConnectionStats {
+    fn add(&mut self, o: &ConnectionStats) {
+        self.target += o.target;
+        self.connected_at_start += o.connected_at_start;
+        self.peak += o.peak;
+        self.failed_attempts += o.failed_attempts;
+        self.never_connected += o.never_connected;
+        self.reconnects += o.reconnects;
+        self.clean_closes += o.clean_closes;
+        self.closed_by_us += o.closed_by_us;
+        add_map(&mut self.unexpected_closes, &o.unexpected_closes);
+        add_map(&mut self.connect_errors, &o.connect_errors);
+        // Shards are separate processes: the figure of one is as good as any.
+        self.rss_kib_per_connection = self.rss_kib_per_connection.or(o.rss_kib_per_connection);
+    }
+}
+
+impl MessageStats {
+    fn add(&mut self, o: &MessageStats) {
+        self.sent += o.sent;
+        self.delivered += o.delivered;
+        self.traffic_seconds = self.traffic_seconds.max(o.traffic_seconds);
+        self.sent_per_s += o.sent_per_s;
+        self.delivered_per_s += o.delivered_per_s;
+        self.missed_sends += o.missed_sends;
+        self.late_sends += o.late_sends;
+        self.heartbeats += o.heartbeats;
+        self.latency_reports += o.latency_reports;
+        self.other_frames += o.other_frames;
+        add_map(&mut self.server_errors, &o.server_errors);
+        add_samples(&mut self.server_error_samples, &o.server_error_samples);
+    }
+}
+
+impl AuditTotals {
+    fn add(&mut self, o: &AuditTotals) {
+        self.expected += o.expected;
+        self.received += o.received;
+        self.lost += o.lost;
+        self.duplicated += o.duplicated;
+        self.reordered += o.reordered;
+        self.missed_while_offline += o.missed_while_offline;
+        self.sent_to_offline += o.sent_to_offline;
+        self.offline_delivered += o.offline_delivered;
+        self.foreign += o.foreign;
+        self.receivers_with_issues += o.receivers_with_issues;
     }
 }
 
@@ -281,6 +512,21 @@ impl Report {
 pub(super) fn add_map(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
     for (k, v) in from {
         *into.entry(k.clone()).or_default() += v;
+    }
+}
+
+/// Distinct error codes (and close reasons) counted one by one; the rest go under `(other)`, so
+/// a server inventing codes cannot grow the report without end.
+pub const MAX_CODES: usize = 32;
+
+/// Adds `n` under `key`, within [`MAX_CODES`] keys.
+pub fn count_bounded(into: &mut BTreeMap<String, u64>, key: &str, n: u64) {
+    if let Some(v) = into.get_mut(key) {
+        *v += n;
+    } else if into.len() < MAX_CODES {
+        into.insert(key.chars().take(64).collect(), n);
+    } else {
+        *into.entry("(other)".to_string()).or_default() += n;
     }
 }
 
@@ -293,7 +539,8 @@ pub(super) fn add_samples(into: &mut BTreeMap<String, String>, from: &BTreeMap<S
 
 /// Metric names a threshold may use.
 pub const METRICS: &str = "p50 p90 p99 p99.9 max mean connect_p50 connect_p99 connect_max lost duplicated reordered \
-     sent delivered delivered_per_s sent_per_s connected never_connected reconnects errors unexpected_closes";
+     sent delivered delivered_per_s sent_per_s connected never_connected reconnects errors unexpected_closes foreign late_sends \
+     lost_after_ack unanswered refused acked_offline ack_p50 ack_p99 ack_max";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
@@ -399,10 +646,19 @@ mod tests {
             a.record(v * 1000).unwrap();
         }
         b.record(1_000_000).unwrap();
-        let ra = Report { histograms: SerializedHistograms { latency_us: encode_histogram(&a), connect_us: String::new() }, ..Report::default() };
-        let rb = Report { histograms: SerializedHistograms { latency_us: encode_histogram(&b), connect_us: String::new() }, ..Report::default() };
+        let ra = Report { histograms: SerializedHistograms { latency_us: encode_histogram(&a), connect_us: String::new(), ack_us: String::new() }, ..Report::default() };
+        let rb = Report { histograms: SerializedHistograms { latency_us: encode_histogram(&b), connect_us: String::new(), ack_us: String::new() }, ..Report::default() };
         let m = Report::merge(&[ra, rb]).unwrap();
         assert_eq!(m.latency_ms.count, 101);
         assert!((m.latency_ms.max_ms - 1000.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn bad_histogram_text_is_an_error_naming_the_field() {
+        for bad in ["zz", "é0", "abc", "00ff"] {
+            let r = Report { histograms: SerializedHistograms { latency_us: String::new(), connect_us: bad.to_string(), ack_us: String::new() }, ..Report::default() };
+            let e = Report::merge(&[r]).unwrap_err().to_string();
+            assert!(e.starts_with("field histograms.connect_us: "), "{bad}: {e}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Who sends to whom and where each connection goes: user ids, the URL of each connection
-//! (round-robin, non-sticky), receiver picking per [`Pattern`], and the chat frame's payload
-//! (sender, sequence, intended send time) written and read without building a JSON tree.
+//! (round-robin, non-sticky), receiver picking per [`Pattern`], and the chat frame written
+//! without building a JSON tree (reading is `wire`'s job).
 
 use std::fmt::Write as _;
 
@@ -20,6 +20,8 @@ pub struct Plan {
     pub hot_users: u32,
     /// User ids, by local index.
     pub names: Vec<Box<str>>,
+    /// The same, as JSON string literals (quoted and escaped), ready to write into frames.
+    pub names_json: Vec<Box<str>>,
     /// Local users by home target (the target of their first connection).
     by_home: Vec<Vec<u32>>,
 }
@@ -28,7 +30,8 @@ impl Plan {
     pub fn new(config: &LoadConfig) -> Plan {
         let range = config.user_range();
         let targets = config.urls.len();
-        let names = range.clone().map(|g| format!("{}{g}", config.user_prefix).into_boxed_str()).collect();
+        let names: Vec<Box<str>> = range.clone().map(|g| format!("{}{g}", config.user_prefix).into_boxed_str()).collect();
+        let names_json = names.iter().map(|n| serde_json::to_string(n).expect("a string serializes").into_boxed_str()).collect();
         let mut by_home = vec![Vec::new(); targets];
         for (local, g) in range.clone().enumerate() {
             by_home[g as usize % targets].push(local as u32);
@@ -41,6 +44,7 @@ impl Plan {
             pattern: config.pattern,
             hot_users: config.hot_users,
             names,
+            names_json,
             by_home,
         }
     }
@@ -127,36 +131,17 @@ impl Plan {
 /// it is counted apart and kept out of the loss audit.
 pub const OFFLINE_SEQ: i64 = -1;
 
-/// Writes a `chat_message` frame into `out` (cleared first). The payload is a JSON array
-/// `[sender_slot, sequence, intended_ns, "padding"]`, so a receiver reads it with a scan, not a
-/// JSON tree, whatever key order the server writes.
-pub fn write_chat(out: &mut String, receiver: &str, sender_slot: u32, seq: i64, intended_ns: u64, padding: &str) {
+/// Writes a `chat_message` frame into `out` (cleared first). `receiver_json` is the receiver id
+/// as a JSON string literal ([`Plan::names_json`]). The payload is a JSON array
+/// `[sender_slot, sequence, intended_ns, "padding"]`; `id` asks the server for an ack.
+pub fn write_chat(out: &mut String, receiver_json: &str, sender_slot: u32, seq: i64, intended_ns: u64, padding: &str, id: Option<u64>) {
     out.clear();
     // Infallible: writing to a String.
-    let _ = write!(
-        out,
-        "{{\"type\":\"chat_message\",\"receiverID\":\"{receiver}\",\"payload\":[{sender_slot},{seq},{intended_ns},\"{padding}\"]}}"
-    );
-}
-
-/// What a receiver needs from a delivered chat frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    pub sender_slot: u32,
-    pub seq: i64,
-    pub intended_ns: u64,
-}
-
-/// Finds our payload in a delivered envelope. None for frames that are not ours.
-pub fn read_stamp(frame: &str) -> Option<Stamp> {
-    const KEY: &str = "\"payload\":[";
-    let at = frame.find(KEY)? + KEY.len();
-    let mut it = frame[at..].split(',');
-    let sender_slot = it.next()?.trim().parse().ok()?;
-    let seq = it.next()?.trim().parse().ok()?;
-    let t = it.next()?;
-    let intended_ns = t.trim().trim_end_matches(']').parse().ok()?;
-    Some(Stamp { sender_slot, seq, intended_ns })
+    let _ = write!(out, "{{\"type\":\"chat_message\",\"receiverID\":{receiver_json},\"payload\":[{sender_slot},{seq},{intended_ns},\"{padding}\"]");
+    if let Some(id) = id {
+        let _ = write!(out, ",\"id\":{id}");
+    }
+    out.push('}');
 }
 
 #[cfg(test)]
@@ -164,13 +149,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stamp_round_trips_through_an_envelope() {
+    fn chat_frames_are_json_whatever_the_user_id() {
+        let mut c = LoadConfig::new(vec!["ws://a:1/ws".into()]);
+        c.user_prefix = "q\"\\ é+%&#".to_string();
+        c.clients = 2;
+        let plan = Plan::new(&c);
         let mut s = String::new();
-        write_chat(&mut s, "load-3", 7, 42, 123456789, "xx");
+        write_chat(&mut s, &plan.names_json[1], 7, 42, 123456789, "xx", Some(9));
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
-        let env = format!(r#"{{"type":"chat_message","payload":{},"receiverID":"load-3","senderId":"load-1","timestamp":"t"}}"#, v["payload"]);
-        assert_eq!(read_stamp(&env), Some(Stamp { sender_slot: 7, seq: 42, intended_ns: 123456789 }));
-        assert_eq!(read_stamp(r#"{"type":"ack","id":1}"#), None);
+        assert_eq!(v["receiverID"], "q\"\\ é+%&#1");
+        assert_eq!((v["id"].as_u64(), &v["payload"]), (Some(9), &serde_json::json!([7, 42, 123456789, "xx"])));
+        let env = format!(r#"{{"type":"chat_message","payload":{},"senderId":"x"}}"#, v["payload"]);
+        assert!(matches!(crate::load::wire::parse(&env), crate::load::wire::Incoming::Stamped { sender_slot: 7, seq: 42, .. }));
     }
 
     #[test]
