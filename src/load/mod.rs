@@ -148,7 +148,7 @@ pub struct Snapshot {
     pub delivered: u64,
     pub errors: u64,
     pub reconnects: u64,
-    /// p99 of the latencies recorded since the previous snapshot, in ms.
+    /// p99 of the latencies of the last second of the series, in ms.
     pub window_p99_ms: Option<f64>,
 }
 

@@ -180,8 +180,8 @@ mod tests {
 
     #[test]
     fn an_svg_is_drawn_for_a_series() {
-        let mut r = Report::default();
-        r.series = (1..=10).map(|t| SeriesPoint { t: f64::from(t), dt_s: 1.0, sent: 100, delivered: 99, p99_ms: 2.5, connections: 50, ..SeriesPoint::default() }).collect();
+        let series = (1..=10).map(|t| SeriesPoint { t: f64::from(t), dt_s: 1.0, sent: 100, delivered: 99, p99_ms: 2.5, connections: 50, ..SeriesPoint::default() }).collect();
+        let r = Report { series, ..Report::default() };
         let s = svg(&r);
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
         assert_eq!(s.matches("<polyline").count(), 5);
