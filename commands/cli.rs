@@ -39,6 +39,8 @@ pub enum Command {
     Routes(crate::routes::RoutesArgs),
     /// Watch the fleet's metrics live, from CloudWatch or the nodes' /metrics endpoints.
     Metrics(crate::metrics::MetricsArgs),
+    /// Mint a JWT that `serve` accepts (HS256 from JWT_SECRET, or RS256/ES256 from a PEM key).
+    Token(crate::token::TokenArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
 }

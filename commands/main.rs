@@ -7,6 +7,8 @@ mod load;
 mod metrics;
 mod routes;
 mod serve;
+mod serve_security;
+mod token;
 mod util;
 
 use std::process::ExitCode;
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
             Command::Load(args) => load::run(args).await,
             Command::Routes(args) => routes::run(args).await,
             Command::Metrics(args) => metrics::run(args).await,
+            Command::Token(args) => token::run(args),
             Command::Completions(args) => cli::completions(args),
         }
     });
