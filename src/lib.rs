@@ -12,6 +12,8 @@
 //! - [`metrics`]: a node's metrics registry.
 
 pub mod broker;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod hub;
 pub mod load;
 pub mod metrics;
