@@ -567,3 +567,170 @@ async fn a_slow_or_oversized_request_head_is_cut_off() {
     node.connect("userId=alice").await;
     node.stop().await;
 }
+
+/// The figures scripts/bench-security prints (ignored in normal runs): a connection flood
+/// against the node cap, a message flood against a normal user's p99 (rate limit on and off),
+/// and the cost of token auth on connect time. Each is the median of 3 runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: scripts/bench-security"]
+async fn bench_security_figures() {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut flood = Vec::new();
+    for _ in 0..3 {
+        flood.push(connection_flood(500, 5000).await);
+    }
+    let refused = median(flood.iter().map(|f| f.1 as f64).collect());
+    let accepted = median(flood.iter().map(|f| f.0 as f64).collect());
+    let secs = median(flood.iter().map(|f| f.2).collect());
+    println!("BENCH connection flood: 5000 attempts (500 at a time) against --max-connections 500: accepted {accepted:.0}, refused 503 {refused:.0}, other failures {}, {secs:.2} s; /ready 200 and a new user connects and delivers after: {}", flood.iter().map(|f| f.3).sum::<usize>(), flood.iter().all(|f| f.4));
+
+    for limited in [true, false] {
+        let runs: Vec<(f64, f64, f64)> = {
+            let mut r = Vec::new();
+            for _ in 0..3 {
+                r.push(message_flood(limited).await);
+            }
+            r
+        };
+        let (rate, p99, base) = (
+            median(runs.iter().map(|r| r.0).collect()),
+            median(runs.iter().map(|r| r.1).collect()),
+            median(runs.iter().map(|r| r.2).collect()),
+        );
+        println!(
+            "BENCH message flood, rate limit {}: attacker sent {rate:.0} frames/s; normal user's p99 {p99:.1} ms during the flood (same user without a flood: {base:.1} ms)",
+            if limited { "on (50/s, burst 100)" } else { "off" }
+        );
+    }
+
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    for _ in 0..3 {
+        let (a, b) = connect_cost(300).await;
+        off.push(a);
+        on.push(b);
+    }
+    println!(
+        "BENCH connect time, 300 sequential connects each, interleaved: p50/p99 without token {:.2}/{:.2} ms, with HS256 token {:.2}/{:.2} ms",
+        median(off.iter().map(|x| x.0).collect()),
+        median(off.iter().map(|x| x.1).collect()),
+        median(on.iter().map(|x| x.0).collect()),
+        median(on.iter().map(|x| x.1).collect()),
+    );
+}
+
+/// (accepted, refused, seconds, other failures, healthy after)
+async fn connection_flood(cap: usize, attempts: usize) -> (usize, usize, f64, usize, bool) {
+    let caps = Caps { max_connections: cap, per_user: 0, per_ip: 0 };
+    let node = Arc::new(Node::start("flood", None, SecurityConfig { caps, ..Default::default() }).await);
+    let gate = Arc::new(tokio::sync::Semaphore::new(500));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..attempts)
+        .map(|i| {
+            let (node, gate) = (node.clone(), gate.clone());
+            tokio::spawn(async move {
+                let _p = gate.acquire().await.unwrap();
+                node.open(&format!("userId=f{i}"), &[]).await.map(|(c, _)| c).map_err(|e| e.0)
+            })
+        })
+        .collect();
+    let (mut open, mut refused, mut other) = (Vec::new(), 0, 0);
+    for t in tasks {
+        match t.await {
+            Ok(Ok(c)) => open.push(c),
+            Ok(Err(503)) => refused += 1,
+            _ => other += 1,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let ready = http_get(node.addr, "/ready").await.map(|r| r.0).ok() == Some(200);
+    let accepted = open.len();
+    drop(open);
+    let n = &node;
+    eventually(Duration::from_secs(10), "flood connections gone", || async move { n.metrics.active_connections.get() == 0 }).await;
+    let mut a = node.connect("userId=after-a").await;
+    let mut b = node.connect("userId=after-b").await;
+    a.send(chat("after-b", json!("ok"))).await;
+    let delivered = b.recv().await["payload"] == "ok";
+    Arc::into_inner(node).unwrap().stop().await;
+    (accepted, refused, secs, other, ready && delivered)
+}
+
+/// One normal user's round trips to another node while `mallory` floods: (attacker frames/s,
+/// p99 ms during the flood, p99 ms before it).
+async fn message_flood(limited: bool) -> (f64, f64, f64) {
+    let redis = RedisServer::start();
+    let rate = if limited { RateLimit::recommended() } else { RateLimit::default() };
+    let security = SecurityConfig { rate, ..Default::default() };
+    let a = Node::start("node-a", Some(redis.config()), security.clone()).await;
+    let b = Node::start("node-b", Some(redis.config()), security).await;
+    let mut alice = a.connect("userId=alice").await;
+    let mut bob = b.connect("userId=bob").await;
+    let mut n = 0u64;
+    async fn round_trip(alice: &mut Client, bob: &mut Client, n: u64) -> f64 {
+        let t = Instant::now();
+        alice.send(json!({"type":"chat_message","receiverID":"bob","payload":{"n":n}})).await;
+        while bob.recv().await["senderId"] != "alice" {}
+        t.elapsed().as_secs_f64() * 1000.0
+    }
+    let mut base = Vec::new();
+    for _ in 0..100 {
+        base.push(round_trip(&mut alice, &mut bob, n).await);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mallory = a.connect("userId=mallory").await;
+    let (mut tx, mut rx) = mallory.ws.split();
+    let stop = CancellationToken::new();
+    let stop2 = stop.clone();
+    let start = Instant::now();
+    let flood = tokio::spawn(async move {
+        // Mallory floods an offline user, so every accepted frame costs a Redis route lookup.
+        let frame = chat("nobody", json!("spam")).to_string();
+        let mut sent = 0u64;
+        while !stop2.is_cancelled() && tx.send(Message::text(frame.clone())).await.is_ok() {
+            sent += 1;
+        }
+        (sent, start.elapsed())
+    });
+    let drain = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+    let mut during = Vec::new();
+    // Five seconds: with the limit on, mallory is closed at about that point.
+    while start.elapsed() < Duration::from_secs(5) && !flood.is_finished() {
+        during.push(round_trip(&mut alice, &mut bob, n).await);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    let (sent, lasted) = flood.await.unwrap();
+    drain.abort();
+    let p99 = percentile(&mut during, 99.0);
+    let base = percentile(&mut base, 99.0);
+    a.stop().await;
+    b.stop().await;
+    (sent as f64 / lasted.as_secs_f64(), p99, base)
+}
+
+/// p50/p99 connect time, ms, to a node without auth and one with HS256, interleaved.
+async fn connect_cost(n: usize) -> ((f64, f64), (f64, f64)) {
+    let plain = Node::start("plain", None, SecurityConfig::default()).await;
+    let authed = Node::start("authed", None, auth_on()).await;
+    let t = token("alice", Duration::from_secs(3600));
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let s = Instant::now();
+        let c = plain.connect(&format!("userId=u{i}")).await;
+        off.push(s.elapsed().as_secs_f64() * 1000.0);
+        c.close().await;
+        let s = Instant::now();
+        let c = authed.connect(&format!("token={t}")).await;
+        on.push(s.elapsed().as_secs_f64() * 1000.0);
+        c.close().await;
+    }
+    plain.stop().await;
+    authed.stop().await;
+    ((percentile(&mut off, 50.0), percentile(&mut off, 99.0)), (percentile(&mut on, 50.0), percentile(&mut on, 99.0)))
+}
