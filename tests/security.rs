@@ -734,3 +734,55 @@ async fn connect_cost(n: usize) -> ((f64, f64), (f64, f64)) {
     authed.stop().await;
     ((percentile(&mut off, 50.0), percentile(&mut off, 99.0)), (percentile(&mut on, 50.0), percentile(&mut on, 99.0)))
 }
+
+/// Starts the `wsctl serve` binary on a free port; returns it, its address and its log lines.
+fn serve_binary(envs: &[(&str, &str)]) -> (std::process::Child, String, Vec<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wsctl"));
+    cmd.args(["serve", "--bind", "127.0.0.1", "--port", "0"]).env_remove("JWT_SECRET").env("RUST_LOG", "info");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut lines = Vec::new();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    // The admission line comes right after the listening line.
+    let addr = loop {
+        let line = stderr.next().expect("serve logs its startup").unwrap();
+        lines.push(line.clone());
+        if line.contains("admission limits") {
+            let listening = lines.iter().find(|l| l.contains("listening on ws://")).expect("listening line");
+            let addr = listening.split("ws://").nth(1).unwrap().split('/').next().unwrap().to_string();
+            break addr;
+        }
+    };
+    (child, addr, lines)
+}
+
+#[tokio::test]
+async fn the_binary_warns_when_auth_is_off_and_accepts_what_wsctl_token_mints() {
+    let (mut open, _, lines) = serve_binary(&[]);
+    let warn = lines.iter().find(|l| l.contains("auth: OFF")).expect("an auth: OFF line");
+    assert!(warn.contains("WARN") && warn.contains("set JWT_SECRET or --jwt-public-key"), "{warn}");
+    open.kill().unwrap();
+    let _ = open.wait();
+
+    let (mut node, addr, lines) = serve_binary(&[("JWT_SECRET", SECRET)]);
+    assert!(lines.iter().any(|l| l.contains("auth: on")), "{lines:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsctl"))
+        .args(["token", "--user", "alice", "--ttl", "10m", "--json"])
+        .env("JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let minted: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(minted["user"], "alice");
+    let exp = minted["expires_at"].as_u64().unwrap();
+    assert!((now_s() + 590..=now_s() + 600).contains(&exp), "expires in 10 minutes: {exp}");
+    let mut alice = Client::connect(&format!("ws://{addr}/ws?token={}", minted["token"].as_str().unwrap())).await;
+    alice.send(json!({"type":"heartbeat","id":1})).await;
+    assert_eq!(alice.recv().await["type"], "ack");
+    assert_eq!(http_get(addr.parse().unwrap(), "/ws?userId=alice").await.unwrap().0, 401, "a userId alone is not enough");
+    node.kill().unwrap();
+    let _ = node.wait();
+}
