@@ -29,6 +29,8 @@ pub const TOKEN_LEEWAY: Duration = Duration::from_secs(5);
 pub const BEARER_PROTOCOL: &str = "wsctl.bearer";
 /// The query parameter a token may come in: `/ws?token=<jwt>`.
 pub const TOKEN_PARAM: &str = "token";
+/// Latest `exp` taken at face value (9999-12-31T23:59:59Z); later ones are treated as this.
+const MAX_EXP: u64 = 253_402_300_799;
 /// Shortest HS256 secret accepted: RFC 7518 3.2 requires a key of at least the hash size.
 pub const MIN_SECRET_BYTES: usize = 32;
 
@@ -142,7 +144,8 @@ impl Authenticator {
             ErrorKind::ImmatureSignature => TokenError::NotYetValid,
             _ => TokenError::Invalid,
         })?;
-        let expires_at = UNIX_EPOCH + Duration::from_secs(data.claims.exp) + self.leeway;
+        // Clamped: a validly signed exp of u64::MAX must not overflow SystemTime arithmetic.
+        let expires_at = UNIX_EPOCH + Duration::from_secs(data.claims.exp.min(MAX_EXP)) + self.leeway;
         Ok(Identity { user: data.claims.sub, expires_at })
     }
 }
@@ -233,7 +236,7 @@ impl Minter {
     /// A token for `user` valid for `ttl` from now; returns it with its `exp`.
     pub fn mint(&self, user: &str, ttl: Duration) -> Result<(String, SystemTime), AuthError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let exp = now + ttl.as_secs().max(1);
+        let exp = now.saturating_add(ttl.as_secs().max(1)).min(MAX_EXP);
         let claims = Claims { sub: user.to_owned(), exp, iat: Some(now), nbf: None };
         let token = jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.key).map_err(AuthError::Sign)?;
         Ok((token, UNIX_EPOCH + Duration::from_secs(exp)))
@@ -261,6 +264,15 @@ mod tests {
         let other = Authenticator::hs256(b"another secret of at least 32 bytes!").unwrap();
         assert_eq!(other.verify(&t), Err(TokenError::Invalid));
         assert!(matches!(Authenticator::hs256(b"short"), Err(AuthError::ShortSecret(5))));
+    }
+
+    #[test]
+    fn an_exp_at_the_end_of_time_does_not_overflow() {
+        let claims = serde_json::json!({"sub":"alice","exp":u64::MAX});
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET)).unwrap();
+        let id = Authenticator::hs256(SECRET).unwrap().verify(&t).unwrap();
+        assert_eq!(id.expires_at, UNIX_EPOCH + Duration::from_secs(MAX_EXP) + TOKEN_LEEWAY);
+        assert!(Minter::hs256(SECRET).unwrap().mint("alice", Duration::MAX).is_ok());
     }
 
     #[test]
