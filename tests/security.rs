@@ -164,6 +164,9 @@ async fn every_token_transport_is_accepted_and_the_subprotocol_is_echoed() {
     let (mut h, _) = node.open("", &[("authorization", &bearer)]).await.unwrap();
     let (mut p, headers) = node.open("", &[("sec-websocket-protocol", &offered)]).await.unwrap();
     assert_eq!(headers.get("sec-websocket-protocol").map(|v| v.to_str().unwrap()), Some("wsctl.bearer"));
+    // A client that offers the protocol and authenticates otherwise still gets its answer.
+    let (_, headers) = node.open("", &[("authorization", &bearer), ("sec-websocket-protocol", &offered)]).await.unwrap();
+    assert_eq!(headers.get("sec-websocket-protocol").map(|v| v.to_str().unwrap()), Some("wsctl.bearer"));
     let mut bob = node.connect(&format!("token={}", token("bob", Duration::from_secs(600)))).await;
     for (i, c) in [&mut q, &mut h, &mut p].into_iter().enumerate() {
         c.send(json!({"type":"chat_message","receiverID":"bob","payload":i,"id":i})).await;

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
-use super::auth::{Authenticator, TokenError, TokenSource, TOKEN_PARAM};
+use super::auth::{Authenticator, TokenError, TOKEN_PARAM};
 use super::http::HttpLimits;
 use super::ratelimit::RateLimit;
 use crate::protocol::{self, UserIdError};
@@ -164,8 +164,6 @@ pub struct Checked {
     pub user: String,
     /// When the token stops being valid (auth on): the connection is closed then with 1008.
     pub expires_at: Option<SystemTime>,
-    /// The token came in `Sec-WebSocket-Protocol`: the upgrade must answer `wsctl.bearer`.
-    pub via_protocol: bool,
 }
 
 /// Origin and identity, in that order (a page that may not connect learns nothing about its
@@ -185,9 +183,9 @@ pub fn check(config: &SecurityConfig, headers: &HeaderMap, params: &HashMap<Stri
     let Some(auth) = &config.auth else {
         let user = claimed.ok_or(Refusal::MissingUser)?;
         protocol::check_user_id(user).map_err(Refusal::BadUserId)?;
-        return Ok(Checked { user: user.to_owned(), expires_at: None, via_protocol: false });
+        return Ok(Checked { user: user.to_owned(), expires_at: None });
     };
-    let (token, source) =
+    let (token, _) =
         super::auth::find_token(headers, params.get(TOKEN_PARAM).map(String::as_str)).ok_or(Refusal::Token(TokenError::Missing))?;
     let id = auth.verify(&token).map_err(Refusal::Token)?;
     // A signed `sub` we could not route is the issuer's mistake, but still not a usable user.
@@ -195,7 +193,7 @@ pub fn check(config: &SecurityConfig, headers: &HeaderMap, params: &HashMap<Stri
     if claimed.is_some_and(|c| c != id.user) {
         return Err(Refusal::UserMismatch);
     }
-    Ok(Checked { user: id.user, expires_at: Some(id.expires_at), via_protocol: source == TokenSource::Protocol })
+    Ok(Checked { user: id.user, expires_at: Some(id.expires_at) })
 }
 
 /// An allowed origin: `scheme://host[:port]`, where the host may start with `*.` (any subdomain

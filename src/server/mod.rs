@@ -393,7 +393,9 @@ async fn ws_handler(
     let _ = reg.register().await;
     let token = node.sessions.token();
     let l = &node.limits;
-    let ws = if checked.via_protocol { ws.protocols([auth::BEARER_PROTOCOL]) } else { ws };
+    // Answers `wsctl.bearer` whenever the client offered it (whichever token was used, and with
+    // auth off too): a browser fails a handshake that names none of the protocols it offered.
+    let ws = ws.protocols([auth::BEARER_PROTOCOL]);
     let expires_at = checked.expires_at;
     let sessions = node.sessions.clone();
     ws.read_buffer_size(l.read_buffer)
