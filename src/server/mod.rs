@@ -1,6 +1,10 @@
 //! `wsctl serve`: the HTTP router (`/ws`, `/health`, `/ready`, `/metrics`), the node that ties
 //! hub, broker and metrics together, and the drain on shutdown. The server takes a bound listener
 //! and a cancellation token; it never binds a port itself.
+//!
+//! Before the upgrade: [`http`] (the accept loop and its handshake limits), [`admission`]
+//! (origins, user, connection caps) and [`auth`] (tokens). After it: `session`, which checks
+//! each frame against [`ratelimit`].
 
 pub mod admission;
 pub mod auth;
