@@ -54,6 +54,8 @@ pub enum Command {
     Metrics(crate::metrics::MetricsArgs),
     /// Settings files: print a complete default one, or check one.
     Config(crate::config::ConfigArgs),
+    /// Mint a JWT that `serve` accepts (HS256 from JWT_SECRET, or RS256/ES256 from a PEM key).
+    Token(crate::token::TokenArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
     /// Write the man pages (DIR/man) and shell completions (DIR/completions) checked into the repo.

@@ -17,6 +17,8 @@ mod load;
 mod metrics;
 mod routes;
 mod serve;
+mod serve_security;
+mod token;
 mod util;
 
 use std::process::ExitCode;
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
             Command::Routes(args) => routes::run(args).await,
             Command::Metrics(args) => metrics::run(args).await,
             Command::Config(args) => config::run(args),
+            Command::Token(args) => token::run(args),
             Command::Completions(args) => cli::completions(args),
             Command::Generate(args) => cli::generate(args),
         }

@@ -37,6 +37,8 @@ pub struct ServeArgs {
     pub advertise: Option<String>,
     #[command(flatten)]
     pub redis: RedisArgs,
+    #[command(flatten)]
+    pub security: crate::serve_security::SecurityArgs,
     /// Frames queued per connection before it is closed as a slow consumer (4008).
     #[arg(long, env = "WSS_SEND_QUEUE", default_value_t = server::SEND_QUEUE, value_parser = clap::value_parser!(usize))]
     pub send_queue: usize,
@@ -115,6 +117,7 @@ impl ServeArgs {
             advertise: self.advertise.clone(),
             require_lease: !self.mixed_fleet,
             api_key: self.api_key.clone().filter(|k| !k.is_empty()),
+            security: self.security.config()?,
         })
     }
 }

@@ -34,6 +34,7 @@ complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "load" -d 'Simulate thou
 complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "routes" -d 'Inspect and purge the Redis route table (user_servers:<user> sets)'
 complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "metrics" -d 'Watch the fleet\'s metrics live, from CloudWatch or the nodes\' /metrics endpoints'
 complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "config" -d 'Settings files: print a complete default one, or check one'
+complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "token" -d 'Mint a JWT that `serve` accepts (HS256 from JWT_SECRET, or RS256/ES256 from a PEM key)'
 complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
 complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "generate" -d 'Write the man pages (DIR/man) and shell completions (DIR/completions) checked into the repo'
 complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -46,6 +47,16 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l redis-username -d 
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l redis-password -d 'ACL password (overrides the URL\'s)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l pubsub -d 'Pub/sub on a Cluster: sharded (SPUBLISH/SSUBSCRIBE, Redis 7+) or classic (PUBLISH, copied to every shard; needed while Go nodes share the Cluster). Ignored on standalone' -r -f -a "sharded\t''
 classic\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l jwt-secret -d 'HS256 secret (at least 32 bytes): every connection then needs a JWT signed with it, in `?token=`, `Authorization: Bearer` or `Sec-WebSocket-Protocol: wsctl.bearer, <token>`; the user is its `sub`. Prefer the variable: a flag shows in `ps`' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l jwt-public-key -d 'PEM public key (RSA or EC) to verify RS256/ES256 tokens with, instead of a secret' -r -F
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l jwt-algorithm -d 'The algorithm a --jwt-public-key signs with (default: RS256 for RSA, ES256 for EC keys). Only that one algorithm is accepted' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l allowed-origin -d 'Origin allowed to open sockets (repeatable, or comma-separated in the variable), e.g. https://app.example.com or https://*.example.com. Others get 403; requests without an Origin header (non-browser clients) are allowed. Default: any origin' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l max-connections -d 'Connections this node accepts; past it, 503 before the upgrade (0 = no cap)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l max-conns-per-user -d 'Connections one user may hold on this node; past it, 429 (0 = no cap)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l max-conns-per-ip -d 'Connections one client IP may hold on this node; past it, 429 (0 = no cap). Off by default: behind a proxy that hides client addresses it would cap the proxy' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l rate-limit -d 'Frames per second one connection may send; excess frames are dropped with a `rate_limited` error, and 5 s of sustained excess closes it with 4029 (0 = no limit)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l rate-burst -d 'Frames a connection may send at once above --rate-limit' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l header-timeout -d 'Time a client has to send its whole HTTP request head (slowloris guard)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l send-queue -d 'Frames queued per connection before it is closed as a slow consumer (4008)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l send-queue-bytes -d 'Bytes queued per connection before it is closed as a slow consumer (4008)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l max-frame -d 'Largest frame a client may send, bytes (larger: error `too_large`, close 1009)' -r
@@ -256,6 +267,17 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subc
 complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "default" -d 'Print a settings file for `serve` with every setting, its default and its help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "check" -d 'Check a settings file ("-" reads stdin): report every problem with its line and field'
 complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l user -d 'The user the token names (its `sub` claim)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l ttl -d 'How long the token is valid' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l secret -d 'HS256 secret (at least 32 bytes)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l private-key -d 'PEM private key (RSA or EC, PKCS#8) to sign with instead of a secret' -r -F
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l algorithm -d 'Algorithm for --private-key (default: RS256 for RSA, ES256 for EC)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
+json\t''"
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l json -d 'Print {"token":..,"user":..,"expires_at":..} instead of the bare token'
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -s h -l help -d 'Print help'
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand completions" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand completions" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
@@ -266,14 +288,15 @@ json\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand generate" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand generate" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand generate" -s V -l version -d 'Print version'
-complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "serve" -d 'Run a node: WebSocket server, alone (in-process broker) or in a fleet sharing Redis'
-complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "load" -d 'Simulate thousands of clients: connect, send, measure latency, audit delivery'
-complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "routes" -d 'Inspect and purge the Redis route table (user_servers:<user> sets)'
-complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "metrics" -d 'Watch the fleet\'s metrics live, from CloudWatch or the nodes\' /metrics endpoints'
-complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "config" -d 'Settings files: print a complete default one, or check one'
-complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
-complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "generate" -d 'Write the man pages (DIR/man) and shell completions (DIR/completions) checked into the repo'
-complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config completions generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config token completions generate help" -f -a "serve" -d 'Run a node: WebSocket server, alone (in-process broker) or in a fleet sharing Redis'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config token completions generate help" -f -a "load" -d 'Simulate thousands of clients: connect, send, measure latency, audit delivery'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config token completions generate help" -f -a "routes" -d 'Inspect and purge the Redis route table (user_servers:<user> sets)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config token completions generate help" -f -a "metrics" -d 'Watch the fleet\'s metrics live, from CloudWatch or the nodes\' /metrics endpoints'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config token completions generate help" -f -a "config" -d 'Settings files: print a complete default one, or check one'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config token completions generate help" -f -a "token" -d 'Mint a JWT that `serve` accepts (HS256 from JWT_SECRET, or RS256/ES256 from a PEM key)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config token completions generate help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config token completions generate help" -f -a "generate" -d 'Write the man pages (DIR/man) and shell completions (DIR/completions) checked into the repo'
+complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config token completions generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from load" -f -a "merge" -d 'Merge the JSON reports of several shards (--shard I/N) into one: histograms are added, so percentiles are those of all samples, not averages'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from load" -f -a "plot" -d 'Draw a --json report\'s per-second series (sent/s, delivered/s, p50/p99, connections) as an SVG'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and __fish_seen_subcommand_from routes" -f -a "servers" -d 'The nodes: from their server_alive leases and from the server ids in route sets, with live/dead, connections, address, version, age, and how many routes name them'

@@ -18,6 +18,8 @@
 //!   histograms and the delivery audit; it returns reports, the command draws them.
 
 pub mod broker;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod hub;
 pub mod load;
 pub mod metrics;

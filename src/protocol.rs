@@ -89,6 +89,14 @@ pub enum ErrorCode {
     RoomFull,
     /// A `leave` or `room_message` for a room this connection has not joined.
     NotMember,
+    /// A known field (`type`, `receiverID`) has the wrong JSON type.
+    BadField,
+    /// JSON nested deeper than serde_json's recursion limit (128).
+    TooDeep,
+    /// `receiverID` over [`MAX_USER_ID`] bytes or with control characters.
+    BadReceiver,
+    /// The connection sends faster than its rate limit: frames are being dropped.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -109,6 +117,10 @@ impl ErrorCode {
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::RoomFull => "room_full",
             ErrorCode::NotMember => "not_member",
+            ErrorCode::BadField => "bad_field",
+            ErrorCode::TooDeep => "too_deep",
+            ErrorCode::BadReceiver => "bad_receiver",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -215,23 +227,101 @@ impl<'de> Deserialize<'de> for CowStr<'de> {
 pub fn parse_client_frame(bytes: &[u8]) -> Result<ClientFrame<'_>, FrameError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| FrameError::new(ErrorCode::InvalidUtf8, format!("frame is not valid UTF-8: {e}")))?;
+    if nesting_exceeds(text.as_bytes(), MAX_JSON_DEPTH) {
+        return Err(FrameError::new(ErrorCode::TooDeep, "JSON nested more than 128 levels deep"));
+    }
     match serde_json::from_str::<ClientFrame<'_>>(text) {
         Ok(frame) if frame.kind.is_empty() => {
             Err(FrameError::new(ErrorCode::MissingType, "frame has no string \"type\""))
         }
         Ok(frame) => Ok(frame),
-        Err(e) => {
-            if serde_json::from_str::<IgnoredAny>(text).is_ok() {
-                if text.trim_start().starts_with('{') {
-                    // An object whose known fields have the wrong JSON type.
-                    Err(FrameError::new(ErrorCode::BadJson, format!("bad field: {e}")))
-                } else {
-                    Err(FrameError::new(ErrorCode::NotObject, "frame must be a JSON object"))
-                }
-            } else {
-                Err(FrameError::new(ErrorCode::BadJson, format!("frame is not JSON: {e}")))
+        Err(e) => Err(classify_parse_error(text, &e)),
+    }
+}
+
+/// Deepest JSON nesting accepted in a client frame, payload included: serde_json's own
+/// recursion limit, so every receiver that parses envelopes with serde_json's defaults can parse
+/// what we deliver.
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Whether `json` nests arrays/objects deeper than `max`. serde_json enforces its limit only
+/// where it recurses: `payload` and ignored fields are skipped without a depth check
+/// (RawValue, IgnoredAny), so a 60 KiB `[[[[...` payload would be forwarded to receivers that
+/// cannot parse it. One pass over bytes, counting brackets outside strings; it does not validate,
+/// serde_json does that next.
+fn nesting_exceeds(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
             }
+            continue;
         }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Which code a frame that did not parse as a [`ClientFrame`] gets. Only called on the error
+/// path: it may parse the text a second time.
+fn classify_parse_error(text: &str, e: &serde_json::Error) -> FrameError {
+    // serde_json reports its recursion limit (128 levels) as a syntax error; the message is the
+    // only way to tell it apart.
+    let too_deep = |e: &serde_json::Error| e.to_string().starts_with("recursion limit exceeded");
+    if too_deep(e) {
+        return FrameError::new(ErrorCode::TooDeep, "JSON nested more than 128 levels deep");
+    }
+    match serde_json::from_str::<IgnoredAny>(text) {
+        Ok(_) if text.trim_start().starts_with('{') => {
+            // An object whose known fields have the wrong JSON type.
+            FrameError::new(ErrorCode::BadField, format!("bad field: {e}"))
+        }
+        Ok(_) => FrameError::new(ErrorCode::NotObject, "frame must be a JSON object"),
+        Err(e2) if too_deep(&e2) => FrameError::new(ErrorCode::TooDeep, "JSON nested more than 128 levels deep"),
+        Err(_) => FrameError::new(ErrorCode::BadJson, format!("frame is not JSON: {e}")),
+    }
+}
+
+/// Longest user id accepted, in bytes, for `userId`, a token's `sub` and `receiverID`. Ids are
+/// Redis key parts (`user_servers:<id>`) refreshed every 30 s and printed by `wsctl routes`;
+/// real ids (UUIDs, emails, numeric ids) are far shorter.
+pub const MAX_USER_ID: usize = 256;
+
+/// Why a user id is not acceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserIdError {
+    Empty,
+    /// Over [`MAX_USER_ID`] bytes.
+    TooLong,
+    /// Contains a control character (C0, DEL or C1): such ids could rewrite a terminal that
+    /// prints the route table, or hide in logs.
+    Control,
+}
+
+/// Checks a user id (or receiver id) against [`MAX_USER_ID`] and control characters.
+pub fn check_user_id(id: &str) -> Result<(), UserIdError> {
+    if id.is_empty() {
+        Err(UserIdError::Empty)
+    } else if id.len() > MAX_USER_ID {
+        Err(UserIdError::TooLong)
+    } else if id.chars().any(char::is_control) {
+        Err(UserIdError::Control)
+    } else {
+        Ok(())
     }
 }
 
@@ -367,12 +457,16 @@ pub fn parse_routed(bytes: &[u8]) -> Option<RoutedEnvelope<'_>> {
     de.deserialize_map(V).ok()
 }
 
-/// A `latency_report` payload: a finite JSON number >= 0, in milliseconds.
+/// Largest `latency_report` accepted, milliseconds: one hour. A client's clock or bug can report
+/// anything; without a bound one report of 1e300 saturates the fleet's average.
+pub const MAX_LATENCY_MS: f64 = 3_600_000.0;
+
+/// A `latency_report` payload: a finite JSON number in 0..=[`MAX_LATENCY_MS`], in milliseconds.
 pub fn parse_latency_ms(payload: Option<&RawValue>) -> Result<f64, FrameError> {
-    let bad = || FrameError::new(ErrorCode::BadPayload, "latency_report payload must be a number of milliseconds >= 0");
+    let bad = || FrameError::new(ErrorCode::BadPayload, "latency_report payload must be a number of milliseconds, 0 to 3600000");
     let raw = payload.ok_or_else(bad)?;
     let v: f64 = serde_json::from_str(raw.get()).map_err(|_| bad())?;
-    if v.is_finite() && v >= 0.0 {
+    if v.is_finite() && (0.0..=MAX_LATENCY_MS).contains(&v) {
         Ok(v)
     } else {
         Err(bad())
@@ -401,7 +495,16 @@ mod tests {
         assert_eq!(code(b"[1,2]"), ErrorCode::NotObject);
         assert_eq!(code(b"\"s\""), ErrorCode::NotObject);
         assert_eq!(code(b"{}"), ErrorCode::MissingType);
-        assert_eq!(code(b"{\"type\":7}"), ErrorCode::BadJson);
+        assert_eq!(code(b"{\"type\":7}"), ErrorCode::BadField);
+        assert_eq!(code(b"{\"type\":\"chat_message\",\"receiverID\":[1]}"), ErrorCode::BadField);
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(code(deep.as_bytes()), ErrorCode::TooDeep);
+        let ok = format!("{{\"type\":\"x\",\"payload\":{}1{}}}", "[".repeat(127), "]".repeat(127));
+        assert_eq!(parse_client_frame(ok.as_bytes()).unwrap().kind, "x");
+        let in_string = format!("{{\"type\":\"x\",\"payload\":\"{}\\\"{}\"}}", "[".repeat(300), "{".repeat(300));
+        assert_eq!(parse_client_frame(in_string.as_bytes()).unwrap().kind, "x");
+        let deep_payload = format!("{{\"type\":\"x\",\"payload\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(code(deep_payload.as_bytes()), ErrorCode::TooDeep);
         assert_eq!(code(b"\xff\xfe"), ErrorCode::InvalidUtf8);
     }
 
@@ -435,8 +538,24 @@ mod tests {
         let p = |s: &str| RawValue::from_string(s.to_string()).unwrap();
         assert_eq!(parse_latency_ms(Some(&p("12.5"))).unwrap(), 12.5);
         assert!(parse_latency_ms(Some(&p("-1"))).is_err());
+        assert!(parse_latency_ms(Some(&p("1e300"))).is_err());
+        assert!(parse_latency_ms(Some(&p("1e400"))).is_err());
+        assert!(parse_latency_ms(Some(&p("3600001"))).is_err());
+        assert_eq!(parse_latency_ms(Some(&p("3600000"))).unwrap(), 3_600_000.0);
         assert!(parse_latency_ms(Some(&p("\"12\""))).is_err());
         assert!(parse_latency_ms(None).is_err());
+    }
+
+    #[test]
+    fn user_ids_are_bounded_and_printable() {
+        assert_eq!(check_user_id("alice@example.com"), Ok(()));
+        assert_eq!(check_user_id(&"x".repeat(MAX_USER_ID)), Ok(()));
+        assert_eq!(check_user_id(&"x".repeat(MAX_USER_ID + 1)), Err(UserIdError::TooLong));
+        assert_eq!(check_user_id(""), Err(UserIdError::Empty));
+        for bad in ["a\nb", "\u{1b}[2J", "x\u{7f}", "x\u{85}", "\0"] {
+            assert_eq!(check_user_id(bad), Err(UserIdError::Control), "{bad:?}");
+        }
+        assert_eq!(check_user_id("ünï cødé 用户"), Ok(()));
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
@@ -220,6 +222,10 @@ pub struct Metrics {
     pub route_queue_full: Counter,
     /// CloudWatch PutMetricData calls that failed (their interval is carried to the next push).
     pub cloudwatch_push_errors: Counter,
+    /// Connections refused before the upgrade, by `reason` (see `server::admission::Refusal`).
+    pub connections_refused: Family<ReasonLabel, prometheus_client::metrics::counter::Counter>,
+    /// Client frames dropped by the per-connection rate limit.
+    pub rate_limited_frames: Counter,
     /// Client-reported latency (`latency_report`), milliseconds.
     pub client_latency_ms: Histogram,
     /// Server-side delivery time: ingress on the sending node to queueing on the receiving node, ms.
@@ -231,6 +237,12 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The `reason` label of a refusal counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 /// The values CloudWatch publishing needs, read at one instant.
@@ -285,6 +297,8 @@ impl Metrics {
             route_registrations_delayed: counter(),
             route_queue_full: counter(),
             cloudwatch_push_errors: Counter::default(),
+            connections_refused: Family::default(),
+            rate_limited_frames: counter(),
             client_latency_ms: Histogram::new(&LATENCY_BUCKETS_MS, off),
             delivery_ms: Histogram::new(&LATENCY_BUCKETS_MS, off),
             registry: Default::default(),
@@ -316,6 +330,8 @@ impl Metrics {
             "Failed CloudWatch pushes (retried with the next interval)",
             m.cloudwatch_push_errors.clone(),
         );
+        registry.register("wss_connections_refused", "Connections refused before the upgrade, by reason", m.connections_refused.clone());
+        registry.register("wss_rate_limited_frames", "Client frames dropped by the rate limit", m.rate_limited_frames.clone());
         registry.register("wss_client_latency_ms", "Client-reported latency, ms", m.client_latency_ms.clone());
         registry.register("wss_delivery_ms", "Ingress on the sending node to queueing on the receiving node, ms", m.delivery_ms.clone());
         Metrics { registry: Arc::new(registry), ..m }

@@ -1,8 +1,16 @@
 //! `wsctl serve`: the HTTP router (`/ws`, `/health`, `/ready`, `/metrics`), the node that ties
 //! hub, broker and metrics together, and the drain on shutdown. The server takes a bound listener
 //! and a cancellation token; it never binds a port itself.
+//!
+//! Before the upgrade: [`http`] (the accept loop and its handshake limits), [`admission`]
+//! (origins, user, connection caps) and [`auth`] (tokens). After it: `session`, which checks
+//! each frame against [`ratelimit`].
 
 pub mod api;
+pub mod admission;
+pub mod auth;
+pub mod http;
+pub mod ratelimit;
 mod session;
 
 use std::collections::HashMap;
@@ -12,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -169,12 +177,22 @@ pub struct ServerConfig {
     /// The key backends present to the HTTP API (`Authorization: Bearer`); `None` turns the API
     /// off (its routes answer 404).
     pub api_key: Option<String>,
+    /// Auth, origins, connection caps, rate limit, handshake limits.
+    pub security: admission::SecurityConfig,
 }
 
 impl ServerConfig {
     /// A single node with the in-process broker and default limits.
     pub fn embedded(server_id: impl Into<String>) -> Self {
-        ServerConfig { server_id: server_id.into(), redis: None, limits: Limits::default(), advertise: None, require_lease: true, api_key: None }
+        ServerConfig {
+            server_id: server_id.into(),
+            redis: None,
+            limits: Limits::default(),
+            advertise: None,
+            require_lease: true,
+            security: Default::default(),
+            api_key: None,
+        }
     }
 }
 
@@ -204,6 +222,8 @@ pub(crate) struct Node {
     /// shutdown does not wait for those).
     pub(crate) sessions: TaskTracker,
     pub(crate) draining: AtomicBool,
+    pub(crate) security: admission::SecurityConfig,
+    pub(crate) admission: Arc<admission::Admission>,
 }
 
 /// Runs a node on `listener` until `shutdown` is cancelled, then drains: stop accepting, close
@@ -254,6 +274,8 @@ pub async fn serve_with_metrics(
         limits: config.limits.clone(),
         sessions: TaskTracker::new(),
         draining: AtomicBool::new(false),
+        admission: admission::Admission::new(config.security.caps),
+        security: config.security.clone(),
     });
     let l = &node.limits;
     info!(
@@ -270,12 +292,13 @@ pub async fn serve_with_metrics(
         api = if config.api_key.is_some() { "on (/api/*, Bearer key)" } else { "off (no --api-key)" },
         "wsctl serve listening on ws://{local}/ws?userId=<id>"
     );
+    log_security(&node.security);
 
     let mut app = router(node.clone());
     if let Some(key) = &config.api_key {
         app = app.merge(api::router(node.clone(), key));
     }
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = http::serve(listener, app, node.security.http, shutdown.clone(), node.limits.drain_timeout);
     let (served, deadline) = tokio::join!(server, drain(&node, &shutdown));
     served?;
     // A session that upgraded between the close sweep and the listener closing.
@@ -287,6 +310,25 @@ pub async fn serve_with_metrics(
     node.broker.shutdown().await;
     info!("drained");
     Ok(())
+}
+
+/// One line an operator notices: auth off is a WARN.
+fn log_security(s: &admission::SecurityConfig) {
+    match &s.auth {
+        Some(a) => info!(algorithm = ?a.algorithm(), "auth: on (JWT, user = sub)"),
+        None => warn!("auth: OFF — any client can connect as any user; set JWT_SECRET or --jwt-public-key"),
+    }
+    let origins: Vec<String> = s.origins.iter().map(|o| format!("{o:?}")).collect();
+    info!(
+        allowed_origins = origins.len(),
+        max_connections = s.caps.max_connections,
+        max_conns_per_user = s.caps.per_user,
+        max_conns_per_ip = s.caps.per_ip,
+        rate_limit = s.rate.per_second,
+        rate_burst = s.rate.burst,
+        header_read_timeout = ?s.http.header_read_timeout,
+        "admission limits (0 = off)"
+    );
 }
 
 /// The drain, once `shutdown` fires, in the order that loses nothing acked:
@@ -335,11 +377,18 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 
 async fn ws_handler(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let Some(user) = params.get("userId").filter(|u| !u.is_empty()) else {
-        return (StatusCode::BAD_REQUEST, "missing userId").into_response();
+    let refuse = |r: admission::Refusal| {
+        node.metrics.connections_refused.get_or_create(&crate::metrics::ReasonLabel { reason: r.reason() }).inc();
+        r.into_response()
+    };
+    let checked = match admission::check(&node.security, &headers, &params) {
+        Ok(c) => c,
+        Err(r) => return refuse(r),
     };
     let ws = match ws {
         Ok(ws) => ws,
@@ -348,7 +397,13 @@ async fn ws_handler(
     if node.draining.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
-    let user: Arc<str> = Arc::from(user.as_str());
+    let user: Arc<str> = Arc::from(checked.user.as_str());
+    // Held by the upgrade callback: released when the session ends, or when a failed upgrade
+    // drops the callback.
+    let permit = match node.admission.reserve(&user, peer.ip()) {
+        Ok(p) => p,
+        Err(r) => return refuse(r),
+    };
     let conn = Uuid::new_v4();
     let (outbox, rx, ctl) = Outbox::new(node.limits.send_queue, node.limits.send_queue_bytes);
     // Registered before the 101 goes out: a client that sees its upgrade is already routable
@@ -358,13 +413,22 @@ async fn ws_handler(
     let _ = reg.register().await;
     let token = node.sessions.token();
     let l = &node.limits;
+    // Answers `wsctl.bearer` whenever the client offered it (whichever token was used, and with
+    // auth off too): a browser fails a handshake that names none of the protocols it offered.
+    let ws = ws.protocols([auth::BEARER_PROTOCOL]);
+    let expires_at = checked.expires_at;
+    let sessions = node.sessions.clone();
     ws.read_buffer_size(l.read_buffer)
         .write_buffer_size(l.write_buffer)
         .max_write_buffer_size(l.max_write_buffer())
         .max_message_size(l.max_frame)
         .max_frame_size(l.max_frame)
         .on_upgrade(move |socket| async move {
+            if let Some(at) = expires_at {
+                sessions.spawn(auth::close_at_expiry(ctl.clone(), at));
+            }
             session::run(socket, reg, rx, ctl).await;
+            drop(permit);
             drop(token);
         })
 }

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, debug_span, Instrument};
 use uuid::Uuid;
 
+use super::ratelimit::Verdict;
 use super::{Node, PUBLISH_INFLIGHT};
 use crate::broker::{Publish, PublishError, PublishResult, Registered, Ticket};
 use crate::hub::{CloseReason, Frame, Outbox, SessionCtl};
@@ -124,6 +125,7 @@ async fn read_loop(stream: &mut SplitStream<WebSocket>, reg: &Registration, ctl:
     let closed = ctl.closed();
     tokio::pin!(closed);
     let mut inflight = FuturesOrdered::new();
+    let mut limiter = reg.node.security.rate.limiter(tokio::time::Instant::now());
     loop {
         let next = tokio::select! {
             biased;
@@ -146,6 +148,13 @@ async fn read_loop(stream: &mut SplitStream<WebSocket>, reg: &Registration, ctl:
             Some(Err(e)) => return read_error(e, reg),
             Some(Ok(msg)) => msg,
         };
+        if let (Some(l), Message::Text(_) | Message::Binary(_)) = (&mut limiter, &msg) {
+            match super::ratelimit::gate(l, &reg.node.metrics, |e| reg.reject(None, e)) {
+                Verdict::Allow => {}
+                Verdict::Drop { .. } => continue,
+                Verdict::Close => return CloseReason::RateLimited,
+            }
+        }
         let sent = match msg {
             Message::Text(t) => handle_frame(reg, t.as_bytes()),
             Message::Binary(b) => handle_frame(reg, &b),
@@ -321,6 +330,9 @@ fn handle_frame(reg: &Registration, bytes: &[u8]) -> Option<InFlight> {
             let Some(receiver) = frame.receiver.filter(|r| !r.is_empty()) else {
                 return fail(id, FrameError::new(ErrorCode::MissingReceiver, "chat_message needs a non-empty \"receiverID\""));
             };
+            if protocol::check_user_id(&receiver).is_err() {
+                return fail(id, FrameError::new(ErrorCode::BadReceiver, "receiverID must be at most 256 bytes, without control characters"));
+            }
             node.metrics.messages.inc();
             let ts = protocol::timestamp_now();
             let envelope = protocol::encode_envelope(protocol::TYPE_CHAT, frame.payload, &receiver, &reg.user, &ts);

@@ -414,3 +414,10 @@ pub fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
+
+impl Client {
+    /// Wraps a stream connected by the caller (custom headers, subprotocols).
+    pub fn from_ws(ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>) -> Client {
+        Client { ws, pending: Vec::new() }
+    }
+}
