@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::broker::{Broker, BrokerError, MemoryBroker, RedisBroker};
+use crate::broker::{Broker, BrokerError, HistoryConfig, MemoryBroker, RedisBroker};
 use crate::hub::{CloseReason, Hub, Outbox};
 use crate::metrics::Metrics;
 use crate::redis::RedisConfig;
@@ -162,12 +162,15 @@ pub struct ServerConfig {
     /// Treat a route to a node without a `server_alive` lease as dead (the default). Off only
     /// while Go nodes, which write no lease, share the Redis.
     pub require_lease: bool,
+    /// Keep every message to a user in its history in Redis, with offsets, for resumes
+    /// (`--history`). Needs Redis.
+    pub history: Option<HistoryConfig>,
 }
 
 impl ServerConfig {
     /// A single node with the in-process broker and default limits.
     pub fn embedded(server_id: impl Into<String>) -> Self {
-        ServerConfig { server_id: server_id.into(), redis: None, limits: Limits::default(), advertise: None, require_lease: true }
+        ServerConfig { server_id: server_id.into(), redis: None, limits: Limits::default(), advertise: None, require_lease: true, history: None }
     }
 }
 
@@ -179,6 +182,10 @@ pub enum ServerError {
     BadServerId(String),
     #[error(transparent)]
     Limits(#[from] LimitsError),
+    #[error("history needs Redis (--redis-uri): a single node without Redis keeps none")]
+    HistoryNeedsRedis,
+    #[error("history size must be 1 to {max}, got {0}", max = crate::broker::MAX_HISTORY_SIZE)]
+    HistorySize(usize),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("listener: {0}")]
@@ -217,6 +224,14 @@ pub async fn serve_with_metrics(
         return Err(ServerError::BadServerId(id.clone()));
     }
     config.limits.validate()?;
+    if let Some(h) = &config.history {
+        if config.redis.is_none() {
+            return Err(ServerError::HistoryNeedsRedis);
+        }
+        if h.size == 0 || h.size > crate::broker::MAX_HISTORY_SIZE {
+            return Err(ServerError::HistorySize(h.size));
+        }
+    }
     let local: SocketAddr = listener.local_addr()?;
     let address = config.advertise.clone().unwrap_or_else(|| local.to_string());
     let hub = Arc::new(Hub::new(metrics.clone()));
@@ -231,6 +246,7 @@ pub async fn serve_with_metrics(
                 metrics: metrics.clone(),
                 require_lease: config.require_lease,
                 max_envelope: config.limits.max_outgoing_frame(),
+                history: config.history.clone(),
             };
             Broker::Redis(RedisBroker::start(redis.clone(), info).await?)
         }
@@ -333,6 +349,10 @@ async fn ws_handler(
     if node.draining.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
+    let resume = match session::Resume::from_query(&params) {
+        Ok(r) => r,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
     let user: Arc<str> = Arc::from(user.as_str());
     let conn = Uuid::new_v4();
     let (outbox, rx, ctl) = Outbox::new(node.limits.send_queue, node.limits.send_queue_bytes);
@@ -349,7 +369,7 @@ async fn ws_handler(
         .max_message_size(l.max_frame)
         .max_frame_size(l.max_frame)
         .on_upgrade(move |socket| async move {
-            session::run(socket, reg, rx, ctl).await;
+            session::run(socket, reg, rx, ctl, resume).await;
             drop(token);
         })
 }

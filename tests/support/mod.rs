@@ -200,10 +200,20 @@ impl TestNode {
     }
 
     pub async fn start_with(id: &str, redis: Option<RedisConfig>, limits: Limits) -> TestNode {
+        Self::start_config(ServerConfig { redis, limits, ..ServerConfig::embedded(id) }).await
+    }
+
+    /// A node with per-user history (`--history`) on `redis`.
+    pub async fn start_history(id: &str, redis: RedisConfig, history: wsctl::broker::HistoryConfig) -> TestNode {
+        Self::start_config(ServerConfig { redis: Some(redis), limits: test_limits(), history: Some(history), ..ServerConfig::embedded(id) }).await
+    }
+
+    pub async fn start_config(config: ServerConfig) -> TestNode {
         init_logs();
+        let id = config.server_id.clone();
+        let id = id.as_str();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = ServerConfig { redis, limits, ..ServerConfig::embedded(id) };
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new();
         let handle = tokio::spawn(wsctl::server::serve_with_metrics(listener, config, metrics.clone(), shutdown.clone()));

@@ -6,10 +6,14 @@
 //! - [`publisher`]: routes envelopes to the receivers' other nodes, in batches;
 //! - [`subscriber`]: delivers what arrives on this node's channel to the hub.
 //!
+//! With `--history`, [`history`] keeps every message to a user in Redis with an offset, and
+//! reads it back for a resume.
+//!
 //! Redis trouble never stalls the node: every wait has a deadline, and while Redis is known to be
 //! unreachable (`degraded`) sends are answered `unavailable` at once instead of queueing behind
 //! a stalled connection. A probe clears the state as soon as Redis answers again.
 
+mod history;
 mod publisher;
 mod refresher;
 mod subscriber;
@@ -32,10 +36,11 @@ use crate::metrics::Metrics;
 use crate::redis::{PubsubMode, RedisConfig, RedisConfigError};
 use crate::routes::{self, Lease};
 
-use super::{Publish, PublishError, Registered, Ticket};
+use super::{HistoryConfig, Publish, PublishError, Recovery, Registered, Ticket};
 use publisher::{PublishReq, Publisher};
 use writer::{RouteOp, RouteWriter};
 
+pub use history::{REPLAY_DEADLINE, REPLAY_MAX};
 pub use publisher::PUBLISH_QUEUE;
 pub use writer::ROUTE_QUEUE;
 
@@ -76,6 +81,8 @@ pub struct NodeInfo {
     pub require_lease: bool,
     /// Largest envelope from Redis worth delivering (what a client connection can be written).
     pub max_envelope: usize,
+    /// Keep every message to a user in its history (`--history`).
+    pub history: Option<HistoryConfig>,
 }
 
 /// Whether Redis is known to be unreachable, shared by the broker's tasks.
@@ -104,6 +111,7 @@ pub struct RedisBroker {
     client: Client,
     subscriber: SubscriberClient,
     sharded: bool,
+    history: Option<HistoryConfig>,
     routes_tx: mpsc::Sender<RouteOp>,
     publish_tx: mpsc::Sender<PublishReq>,
     health: Arc<Health>,
@@ -138,6 +146,7 @@ impl RedisBroker {
             client: client.clone(),
             subscriber: subscriber.clone(),
             sharded,
+            history: node.history.clone(),
             routes_tx,
             publish_tx,
             health: Arc::new(Health::default()),
@@ -215,15 +224,27 @@ impl RedisBroker {
         let _ = self.routes_tx.try_send(RouteOp::Touch(user.clone()));
     }
 
-    pub fn publish(&self, msg: Publish) -> Ticket {
+    pub fn publish(&self, msg: Publish, except: Option<uuid::Uuid>) -> Ticket {
         if self.health.is_degraded() {
             return Ticket::ready(Err(PublishError::Unavailable));
         }
         let (reply, ticket) = Ticket::pending();
-        match self.publish_tx.try_send(PublishReq { msg, reply }) {
+        match self.publish_tx.try_send(PublishReq { msg, except, reply }) {
             Ok(()) => ticket,
             Err(mpsc::error::TrySendError::Full(_)) => Ticket::ready(Err(PublishError::Overloaded)),
             Err(mpsc::error::TrySendError::Closed(_)) => Ticket::ready(Err(PublishError::Stopped)),
+        }
+    }
+
+    pub fn history(&self) -> Option<&HistoryConfig> {
+        self.history.as_ref()
+    }
+
+    /// The messages of `user` kept after `since`: see [`history::recover`].
+    pub async fn recover(&self, user: &str, since: u64, epoch: Option<&str>) -> Recovery {
+        match &self.history {
+            Some(cfg) => history::recover(&self.client, cfg, user, since, epoch).await,
+            None => Recovery::failed(since, super::RecoveryGap::HistoryOff),
         }
     }
 

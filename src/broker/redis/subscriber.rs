@@ -1,6 +1,10 @@
 //! The subscriber side: delivers envelopes arriving on this node's channel to the local sessions
 //! of their receiver. What comes off Redis is checked once here (UTF-8, size, a receiver), so a
 //! bad envelope published by anyone is dropped and counted, and never reaches a connection.
+//!
+//! With history on, this node publishes to its own channel too; the copy of a message to oneself
+//! carries [`EXCEPT_MARK`] and the sending connection's id in front of the envelope, so the
+//! sender's own connection is skipped (the spec: not echoed to the sender).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -14,6 +18,27 @@ use tracing::{debug, warn};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Frame};
+
+/// First byte of a message on this node's channel that names a connection not to deliver to:
+/// `!` + the connection's UUID (36 bytes) + the envelope. No envelope starts with it.
+pub(crate) const EXCEPT_MARK: char = '!';
+const UUID_LEN: usize = 36;
+
+/// The prefix that keeps a message from connection `conn`.
+pub(crate) fn except_prefix(conn: uuid::Uuid) -> String {
+    format!("{EXCEPT_MARK}{}", conn.hyphenated())
+}
+
+/// Splits a marked message into the connection to skip and the envelope.
+fn split_except(frame: Frame) -> (Option<uuid::Uuid>, Frame) {
+    let b = frame.as_bytes();
+    if b.first() != Some(&(EXCEPT_MARK as u8)) || b.len() <= 1 + UUID_LEN {
+        return (None, frame);
+    }
+    let conn = std::str::from_utf8(&b[1..1 + UUID_LEN]).ok().and_then(|s| uuid::Uuid::parse_str(s).ok());
+    let rest = bytes::Bytes::from(frame).slice(1 + UUID_LEN..);
+    (conn, Frame::try_from(rest).expect("a suffix of UTF-8 after ASCII is UTF-8"))
+}
 
 pub(crate) struct Receiver {
     pub(crate) hub: Arc<Hub>,
@@ -49,6 +74,7 @@ impl Receiver {
             self.metrics.broker_bad_envelopes.inc();
             return;
         };
+        let (except, frame) = split_except(frame);
         let Some(env) = protocol::parse_routed(frame.as_bytes()) else {
             if *frame == *self.fence {
                 self.fence_seen.notify_waiters();
@@ -58,7 +84,7 @@ impl Receiver {
             }
             return;
         };
-        if self.hub.deliver(&env.receiver, &frame, None) > 0 {
+        if self.hub.deliver(&env.receiver, &frame, except) > 0 {
             if let Some(sent) = env.timestamp.as_deref().and_then(protocol::parse_timestamp) {
                 if let Ok(d) = SystemTime::now().duration_since(sent) {
                     self.metrics.delivery_ms.observe(d.as_secs_f64() * 1e3);
