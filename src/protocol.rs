@@ -309,6 +309,15 @@ pub fn envelope_offset(bytes: &[u8]) -> Option<u64> {
     std::str::from_utf8(&bytes[at..at + digits]).ok()?.parse().ok()
 }
 
+/// The history epoch of an envelope a history node wrote (the last `"epoch":` key, see
+/// [`envelope_offset`]).
+pub fn envelope_epoch(bytes: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = b",\"epoch\":\"";
+    let at = bytes.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
+    let len = bytes[at..].iter().position(|b| *b == b'"')?;
+    std::str::from_utf8(&bytes[at..at + len]).ok()
+}
+
 /// `{"type":"error","id":..,"code":..,"message":..}` (`id` only when the client gave one).
 pub fn encode_error(id: Option<&RawValue>, err: &FrameError) -> Frame {
     let mut out = Vec::with_capacity(64 + err.message.len());
@@ -428,6 +437,7 @@ mod tests {
     fn history_fields_read_back() {
         let env = br#"{"type":"chat_message","payload":{"offset":3},"receiverID":"b","offset":17,"epoch":"k3x9"}"#;
         assert_eq!(envelope_offset(env), Some(17));
+        assert_eq!(envelope_epoch(env), Some("k3x9"));
         assert_eq!(envelope_offset(br#"{"type":"chat_message"}"#), None);
         let id = RawValue::from_string("1".into()).unwrap();
         let ack: serde_json::Value = serde_json::from_str(&encode_chat_ack(&id, false, true)).unwrap();

@@ -197,9 +197,12 @@ async fn burst(mut c: Client, to: &'static str, base: u64, count: u64) -> (Clien
 
 async fn two_senders_on_two_nodes_arrive_in_offset_order(redis: RedisConfig) {
     let n = nodes(&redis, &["node-a", "node-b", "node-c"], 1000).await;
-    let a = n[0].connect("alice").await;
+    let mut a = n[0].connect("alice").await;
     let d = n[1].connect("dave").await;
     let mut bob = n[2].connect("bob").await;
+    // The first message a Cluster node sees for a user sets its order baseline (docs/history.md).
+    send_acked(&mut a, "bob", 99_999).await;
+    assert_eq!(bob.recv_chat().await["offset"], 1);
     const EACH: u64 = 300;
     let (ra, rd) = tokio::join!(burst(a, "bob", 0, EACH), burst(d, "bob", 10_000, EACH));
     assert_eq!((ra.1, rd.1), (EACH, EACH));

@@ -9,7 +9,7 @@
 //! the same TTL on every write, so they expire together.
 //!
 //! On standalone Redis the append is part of the routing script (see `publisher`); on a Cluster
-//! [`append_script`] runs on the history's slot, pipelined with the route-set reads.
+//! [`append_script`] runs on the history's slot, pipelined for a batch, before the route-set reads.
 
 use std::time::Duration;
 

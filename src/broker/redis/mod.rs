@@ -16,6 +16,7 @@
 mod history;
 mod publisher;
 mod refresher;
+mod reorder;
 mod subscriber;
 mod writer;
 
@@ -179,6 +180,7 @@ impl RedisBroker {
             max_envelope: node.max_envelope,
             fence: broker.fence.clone(),
             fence_seen: broker.fence_seen.clone(),
+            reorder: cluster.then(reorder::Reorder::default),
         };
         broker.tracker.spawn(receiver.run(subscriber.message_rx(), broker.stop.clone()));
         let watch = Watch {

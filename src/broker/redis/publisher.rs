@@ -9,9 +9,10 @@
 //!   sets and check them, and a third publishes and removes the dead entries.
 //!
 //! With history on ([`super::history`]) each message is first appended to its receiver's history,
-//! which gives it its offset: inside the same script on standalone (no extra round trip), in a
-//! script on the history's slot pipelined with the route-set reads on a Cluster (no extra round
-//! trip either). Messages are then published to this node too, when it holds the receiver.
+//! which gives it its offset: inside the same script on standalone (no extra round trip); on a
+//! Cluster, by a script on each history's slot, pipelined for the whole batch, before the route
+//! sets are read (one extra round trip; the order matters for resumes, see `route_pipelined`).
+//! Messages are then published to this node too, when it holds the receiver.
 //!
 //! Every batch has a deadline ([`BATCH_DEADLINE`]); a batch that misses it or fails marks the
 //! broker degraded, and while it is, queued and new sends are answered `unavailable` at once.
@@ -151,19 +152,23 @@ impl Publisher {
         Ok(out.chunks(2).map(|c| Routed { nodes: c[0].max(0) as u32, offset: c.get(1).filter(|o| **o > 0).map(|o| *o as u64) }).collect())
     }
 
-    /// Cluster: three pipelined round trips (route sets, with the history appends; presence and
-    /// leases; publishes and removal of dead entries).
+    /// Cluster: three pipelined round trips (route sets; presence and leases; publishes and
+    /// removal of dead entries), after a fourth for the history appends when history is on.
     async fn route_pipelined(&self, batch: &[PublishReq]) -> Result<Vec<Routed>, fred::error::Error> {
         let names = distinct_receivers(batch);
+        // The appends complete before the route sets are read: a connection whose resume read
+        // missed a message (appended after the read) was registered before that read, so the
+        // route read that follows the append finds it, and the message reaches it live.
         let p = self.client.pipeline();
         let groups = self.queue_appends(&p, batch, &names).await?;
+        let replies = if groups.is_empty() { Vec::new() } else { p.try_all::<Value>().await };
+        let (finals, offsets) = self.appended(batch, &groups, replies).await?;
+        let p = self.client.pipeline();
         for u in &names {
             let _: () = p.smembers(routes::user_servers_key(u)).await?;
         }
         // try_all: one result per command (all() flattens a one-command pipeline's reply).
-        let mut replies = p.try_all::<Value>().await;
-        let sets = replies.split_off(groups.len()).into_iter().map(|r| r?.convert::<Vec<String>>()).collect::<Result<Vec<_>, _>>()?;
-        let (finals, offsets) = self.appended(batch, &groups, replies).await?;
+        let sets = p.try_all::<Vec<String>>().await.into_iter().collect::<Result<Vec<_>, _>>()?;
         let with_self = self.history.is_some();
         let candidates: Vec<(&str, String)> = names
             .iter()
@@ -209,11 +214,14 @@ impl Publisher {
         let mut groups = Vec::with_capacity(names.len());
         for u in names {
             let idx: Vec<usize> = (0..batch.len()).filter(|i| *batch[*i].msg.receiver == **u).collect();
-            // A pipeline has no EVALSHA of its own: the command by hand, routed by its first key.
+            // A pipeline has no EVALSHA of its own: the command by hand, sent to the slot of the
+            // user's keys (fred only honours a custom command's slot when given as a number).
+            let keys = append_keys(u);
+            let slot = fred::util::redis_keyslot(keys[0].as_bytes());
             let mut args = vec![Value::from(script.sha1().clone()), Value::from(2)];
-            args.extend(append_keys(u).into_iter().map(Value::from));
+            args.extend(keys.into_iter().map(Value::from));
             args.extend(append_args(cfg, idx.iter().map(|i| &batch[*i].msg)));
-            let _: () = p.custom(CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false), args).await?;
+            let _: () = p.custom(CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false), args).await?;
             groups.push(idx);
         }
         Ok(groups)

@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::reorder::{Ready, Reorder};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Frame};
@@ -49,17 +50,31 @@ pub(crate) struct Receiver {
     /// This node's drain fence, and who waits for it.
     pub(crate) fence: String,
     pub(crate) fence_seen: Arc<Notify>,
+    /// On a Cluster: puts each user's history messages back in offset order (see [`Reorder`]).
+    pub(crate) reorder: Option<Reorder>,
 }
 
 impl Receiver {
-    pub(crate) async fn run(self, mut rx: broadcast::Receiver<Message>, stop: CancellationToken) {
+    pub(crate) async fn run(mut self, mut rx: broadcast::Receiver<Message>, stop: CancellationToken) {
+        let mut ready = Vec::new();
         loop {
+            let deadline = self.reorder.as_ref().and_then(Reorder::next_deadline);
             let msg = tokio::select! {
                 m = rx.recv() => m,
                 _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    if let Some(r) = self.reorder.as_mut() {
+                        r.expire(tokio::time::Instant::now(), &mut ready);
+                    }
+                    self.hand_over(&mut ready);
+                    continue;
+                }
             };
             match msg {
-                Ok(m) => self.deliver(m.value),
+                Ok(m) => {
+                    self.deliver(m.value, &mut ready);
+                    self.hand_over(&mut ready);
+                }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     self.metrics.broker_lagged.inc_by(n);
                     warn!(lost = n, "subscriber fell behind; messages were dropped");
@@ -69,7 +84,15 @@ impl Receiver {
         }
     }
 
-    fn deliver(&self, value: Value) {
+    fn hand_over(&self, ready: &mut Vec<Ready>) {
+        for (user, except, frame) in ready.drain(..) {
+            // Parsed again for its timestamp: only messages that went through the reorder buffer.
+            let ts = protocol::parse_routed(frame.as_bytes()).and_then(|e| e.timestamp.map(|t| t.into_owned()));
+            self.to_hub(&user, &frame, except, ts.as_deref());
+        }
+    }
+
+    fn deliver(&mut self, value: Value, ready: &mut Vec<Ready>) {
         let Some(frame) = self.checked(value) else {
             self.metrics.broker_bad_envelopes.inc();
             return;
@@ -84,8 +107,20 @@ impl Receiver {
             }
             return;
         };
-        if self.hub.deliver(&env.receiver, &frame, except) > 0 {
-            if let Some(sent) = env.timestamp.as_deref().and_then(protocol::parse_timestamp) {
+        if let Some(reorder) = self.reorder.as_mut() {
+            let bytes = frame.as_bytes();
+            if let (Some(offset), Some(epoch)) = (protocol::envelope_offset(bytes), protocol::envelope_epoch(bytes)) {
+                reorder.accept(&env.receiver, epoch, offset, except, frame.clone(), tokio::time::Instant::now(), ready);
+                return;
+            }
+        }
+        self.to_hub(&env.receiver, &frame, except, env.timestamp.as_deref());
+    }
+
+    /// Hands an envelope to the receiver's sessions here, and times its trip.
+    fn to_hub(&self, receiver: &str, frame: &Frame, except: Option<uuid::Uuid>, timestamp: Option<&str>) {
+        if self.hub.deliver(receiver, frame, except) > 0 {
+            if let Some(sent) = timestamp.and_then(protocol::parse_timestamp) {
                 if let Ok(d) = SystemTime::now().duration_since(sent) {
                     self.metrics.delivery_ms.observe(d.as_secs_f64() * 1e3);
                 }
