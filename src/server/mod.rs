@@ -360,7 +360,7 @@ async fn ws_handler(
     // (unless Redis did not answer within the broker's bound; it is then registered when Redis
     // answers, see `broker::Registered::Later`).
     let reg = session::Registration::new(node.clone(), user, conn, outbox);
-    let _ = reg.register().await;
+    let routable = reg.register().await == crate::broker::Registered::Yes;
     let token = node.sessions.token();
     let l = &node.limits;
     ws.read_buffer_size(l.read_buffer)
@@ -369,7 +369,7 @@ async fn ws_handler(
         .max_message_size(l.max_frame)
         .max_frame_size(l.max_frame)
         .on_upgrade(move |socket| async move {
-            session::run(socket, reg, rx, ctl, resume).await;
+            session::run(socket, reg, rx, ctl, resume, routable).await;
             drop(token);
         })
 }

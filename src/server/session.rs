@@ -23,7 +23,7 @@ use tracing::{debug, debug_span, Instrument};
 use uuid::Uuid;
 
 use super::{Node, PUBLISH_INFLIGHT};
-use crate::broker::{Publish, PublishError, PublishResult, Recovery, Registered, Ticket};
+use crate::broker::{Publish, PublishError, PublishResult, Recovery, RecoveryGap, Registered, Ticket};
 use crate::hub::{CloseReason, Frame, Outbox, SessionCtl};
 use crate::protocol::{self, close, ErrorCode, FrameError};
 
@@ -101,8 +101,17 @@ impl Resume {
 
 type Replay = Pin<Box<dyn Future<Output = Recovery> + Send>>;
 
-/// Runs the connection to its end.
-pub(crate) async fn run(socket: WebSocket, reg: Registration, rx: mpsc::Receiver<Frame>, ctl: Arc<SessionCtl>, resume: Option<Resume>) {
+/// Runs the connection to its end. `routable`: the route table confirmed the connection; a
+/// resume without that is answered `complete:false` (`unavailable`) without reading, since
+/// messages stored after the read might reach neither the replay nor this connection.
+pub(crate) async fn run(
+    socket: WebSocket,
+    reg: Registration,
+    rx: mpsc::Receiver<Frame>,
+    ctl: Arc<SessionCtl>,
+    resume: Option<Resume>,
+    routable: bool,
+) {
     // Debug level: an enabled span keeps its formatted fields per connection (~0.5 KiB), which an
     // idle node cannot afford at 10k connections. RUST_LOG=wsctl=debug turns it on.
     let span = debug_span!("session", user = %reg.user, conn = %reg.conn);
@@ -113,7 +122,12 @@ pub(crate) async fn run(socket: WebSocket, reg: Registration, rx: mpsc::Receiver
         let seen = Arc::new(Activity::new());
         let replay = resume.map(|r| {
             let (node, user) = (node.clone(), reg.user.clone());
-            Box::pin(async move { node.broker.recover(&user, r.since, r.epoch.as_deref()).await }) as Replay
+            Box::pin(async move {
+                if !routable {
+                    return Recovery::failed(r.since, RecoveryGap::Unavailable);
+                }
+                node.broker.recover(&user, r.since, r.epoch.as_deref()).await
+            }) as Replay
         });
         let writer = node.sessions.spawn(write_loop(sink, rx, ctl.clone(), seen.clone(), node.limits.clone(), replay).in_current_span());
         let end = read_loop(&mut stream, &reg, &ctl, &seen).await;
