@@ -1018,7 +1018,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__serve)
-            opts="-p -h -V --port --bind --server-id --advertise --redis-uri --redis-cluster --redis-username --redis-password --pubsub --send-queue --max-frame --ping-interval --idle-timeout --drain-timeout --metrics-addr --cloudwatch --cloudwatch-namespace --cloudwatch-interval --cloudwatch-region --cloudwatch-endpoint --log-format --threads --help --version"
+            opts="-p -h -V --port --bind --server-id --advertise --redis-uri --redis-cluster --redis-username --redis-password --pubsub --send-queue --send-queue-bytes --mixed-fleet --history --history-size --history-ttl --max-frame --ping-interval --idle-timeout --drain-timeout --metrics-addr --cloudwatch --cloudwatch-namespace --cloudwatch-interval --cloudwatch-region --cloudwatch-endpoint --log-format --threads --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1061,6 +1061,18 @@ _wsctl() {
                     return 0
                     ;;
                 --send-queue)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --send-queue-bytes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --history-size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --history-ttl)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
