@@ -7,7 +7,7 @@
 //! bounded per user and in total; past a bound, the user's held messages go out at once, in
 //! order. Pure state, no I/O: the subscriber feeds it and delivers what it returns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +45,10 @@ struct UserOrder {
 pub(crate) struct Reorder {
     users: HashMap<Arc<str>, UserOrder>,
     held: usize,
+    /// Users' deadlines in the order they were set. Every deadline is "now + REORDER_WAIT", so
+    /// this is sorted: the next one is at the front, found without a scan of every user. An
+    /// entry whose user's deadline has since moved or cleared is skipped.
+    deadlines: VecDeque<(Instant, Arc<str>)>,
     last_prune: Option<Instant>,
 }
 
@@ -82,12 +86,19 @@ impl Reorder {
                 self.held -= 1;
                 out.push((name.clone(), ex, f));
             }
-            st.deadline = (!st.held.is_empty()).then_some(now + REORDER_WAIT);
+            st.deadline = None;
+            if !st.held.is_empty() {
+                st.deadline = Some(now + REORDER_WAIT);
+                self.deadlines.push_back((now + REORDER_WAIT, name.clone()));
+            }
             return;
         }
         st.held.insert(offset, (except, frame));
         self.held += 1;
-        st.deadline.get_or_insert(now + REORDER_WAIT);
+        if st.deadline.is_none() {
+            st.deadline = Some(now + REORDER_WAIT);
+            self.deadlines.push_back((now + REORDER_WAIT, name.clone()));
+        }
         if st.held.len() > REORDER_PER_USER || self.held > REORDER_TOTAL {
             self.held -= st.held.len();
             flush(st, out);
@@ -99,16 +110,20 @@ impl Reorder {
         if self.held == 0 {
             return None;
         }
-        self.users.values().filter_map(|u| u.deadline).min()
+        self.deadlines.front().map(|(d, _)| *d)
     }
 
     /// Delivers what waited its full time, in order, and forgets idle users.
     pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<Ready>) {
-        for st in self.users.values_mut() {
-            if st.deadline.is_some_and(|d| d <= now) {
+        while let Some((d, user)) = self.deadlines.front().filter(|(d, _)| *d <= now).cloned() {
+            self.deadlines.pop_front();
+            if let Some(st) = self.users.get_mut(&user).filter(|st| st.deadline == Some(d)) {
                 self.held -= st.held.len();
                 flush(st, out);
             }
+        }
+        if self.held == 0 {
+            self.deadlines.clear();
         }
         if self.last_prune.is_none_or(|t| now.duration_since(t) >= REORDER_IDLE) {
             self.last_prune = Some(now);
