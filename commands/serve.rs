@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 use wsctl::metrics::cloudwatch::{self, ClientOptions, Publisher};
 use wsctl::metrics::{serve_metrics, Metrics};
+use wsctl::broker::{HistoryConfig, DEFAULT_HISTORY_SIZE};
 use wsctl::server::{self, Limits, ServerConfig};
 
 use crate::cli::RedisArgs;
@@ -50,6 +51,16 @@ pub struct ServeArgs {
     /// "online" until their presence keys expire (60 s).
     #[arg(long, env = "WSS_MIXED_FLEET")]
     pub mixed_fleet: bool,
+    /// Keep every message to a user in a per-user history in Redis, with an offset and epoch, so a
+    /// client reconnecting with `?since=<offset>&epoch=<epoch>` gets what it missed. Needs Redis.
+    #[arg(long, env = "WSS_HISTORY", help_heading = "History")]
+    pub history: bool,
+    /// Messages kept per user (the newest), 1 to 10000.
+    #[arg(long, env = "WSS_HISTORY_SIZE", default_value_t = DEFAULT_HISTORY_SIZE, help_heading = "History")]
+    pub history_size: usize,
+    /// A user's history expires this long after its last message.
+    #[arg(long, env = "WSS_HISTORY_TTL", default_value = "5m", value_parser = parse_duration, help_heading = "History")]
+    pub history_ttl: Duration,
     /// Largest frame a client may send, bytes (larger: error `too_large`, close 1009).
     #[arg(long, env = "WSS_MAX_FRAME", default_value_t = server::MAX_FRAME)]
     pub max_frame: usize,
@@ -118,6 +129,7 @@ impl ServeArgs {
             require_lease: !self.mixed_fleet,
             api_key: self.api_key.clone().filter(|k| !k.is_empty()),
             security: self.security.config()?,
+            history: self.history.then(|| HistoryConfig { size: self.history_size, ttl: self.history_ttl }),
         })
     }
 }

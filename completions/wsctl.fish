@@ -59,6 +59,8 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l rate-burst -d 'Fra
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l header-timeout -d 'Time a client has to send its whole HTTP request head (slowloris guard)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l send-queue -d 'Frames queued per connection before it is closed as a slow consumer (4008)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l send-queue-bytes -d 'Bytes queued per connection before it is closed as a slow consumer (4008)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l history-size -d 'Messages kept per user (the newest), 1 to 10000' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l history-ttl -d 'A user\'s history expires this long after its last message' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l max-frame -d 'Largest frame a client may send, bytes (larger: error `too_large`, close 1009)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l ping-interval -d 'Interval between server pings' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l idle-timeout -d 'Close a connection silent (no frame, pong or heartbeat) for this long (1001)' -r
@@ -75,6 +77,7 @@ json\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l redis-cluster -d 'Treat the URL\'s host(s) as Redis Cluster seed nodes even with a plain redis:// scheme'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l mixed-fleet -d 'Go nodes (which write no `server_alive` lease) share this Redis: do not treat a route to a node without a lease as dead. Leave off otherwise: with it, a crashed node\'s users stay "online" until their presence keys expire (60 s)'
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l history -d 'Keep every message to a user in a per-user history in Redis, with an offset and epoch, so a client reconnecting with `?since=<offset>&epoch=<epoch>` gets what it missed. Needs Redis'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch -d 'Push metrics to CloudWatch (namespace, ServerID dimension, one push per interval). Credentials and region come from the AWS config chain (AWS_* variables, profile, role)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l print-config -d 'Print the effective settings and where each came from (flag, env, file, default), with secrets redacted, then exit'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -s h -l help -d 'Print help'

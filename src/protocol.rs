@@ -405,6 +405,54 @@ pub fn encode_ack(id: &RawValue, online: Option<bool>) -> Frame {
     frame(out)
 }
 
+/// `{"type":"ack","id":..,"online":bool,"stored":true}` for a chat message: `stored` when the
+/// message went into the receiver's history (so `online:false` does not mean lost).
+pub fn encode_chat_ack(id: &RawValue, online: bool, stored: bool) -> Frame {
+    let ack = encode_ack(id, Some(online));
+    if !stored {
+        return ack;
+    }
+    let mut out = Vec::from(&ack.as_bytes()[..ack.len() - 1]);
+    out.extend_from_slice(b",\"stored\":true}");
+    frame(out)
+}
+
+/// `{"type":"recovery","complete":..,"count":N,"epoch":"E","offset":O}` plus `"reason"` when not
+/// complete: `offset` and `epoch` are where the client stands after the replay, to resume from
+/// next time.
+pub fn encode_recovery(complete: bool, count: usize, epoch: &str, offset: u64, reason: Option<&str>) -> Frame {
+    let mut out = Vec::with_capacity(96 + epoch.len());
+    out.extend_from_slice(b"{\"type\":\"recovery\",\"complete\":");
+    out.extend_from_slice(if complete { b"true" } else { b"false" });
+    out.extend_from_slice(format!(",\"count\":{count},\"epoch\":").as_bytes());
+    push_json_str(&mut out, epoch);
+    out.extend_from_slice(format!(",\"offset\":{offset}").as_bytes());
+    if let Some(reason) = reason {
+        out.extend_from_slice(b",\"reason\":");
+        push_json_str(&mut out, reason);
+    }
+    out.push(b'}');
+    frame(out)
+}
+
+/// The history offset of an envelope a history node wrote, read cheaply: the last `"offset":`
+/// key, which the history script appends at the very end (after any payload).
+pub fn envelope_offset(bytes: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b",\"offset\":";
+    let at = bytes.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
+    let digits = bytes[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&bytes[at..at + digits]).ok()?.parse().ok()
+}
+
+/// The history epoch of an envelope a history node wrote (the last `"epoch":` key, see
+/// [`envelope_offset`]).
+pub fn envelope_epoch(bytes: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = b",\"epoch\":\"";
+    let at = bytes.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
+    let len = bytes[at..].iter().position(|b| *b == b'"')?;
+    std::str::from_utf8(&bytes[at..at + len]).ok()
+}
+
 /// `{"type":"error","id":..,"code":..,"message":..}` (`id` only when the client gave one).
 pub fn encode_error(id: Option<&RawValue>, err: &FrameError) -> Frame {
     let mut out = Vec::with_capacity(64 + err.message.len());
@@ -531,6 +579,19 @@ mod tests {
         let err: serde_json::Value = serde_json::from_str(&err).unwrap();
         assert_eq!(err["code"], "unknown_type");
         assert_eq!(err["id"]["n"], 1);
+    }
+
+    #[test]
+    fn history_fields_read_back() {
+        let env = br#"{"type":"chat_message","payload":{"offset":3},"receiverID":"b","offset":17,"epoch":"k3x9"}"#;
+        assert_eq!(envelope_offset(env), Some(17));
+        assert_eq!(envelope_epoch(env), Some("k3x9"));
+        assert_eq!(envelope_offset(br#"{"type":"chat_message"}"#), None);
+        let id = RawValue::from_string("1".into()).unwrap();
+        let ack: serde_json::Value = serde_json::from_str(&encode_chat_ack(&id, false, true)).unwrap();
+        assert_eq!(ack, serde_json::json!({"type":"ack","id":1,"online":false,"stored":true}));
+        let r: serde_json::Value = serde_json::from_str(&encode_recovery(false, 2, "e", 9, Some("trimmed"))).unwrap();
+        assert_eq!(r, serde_json::json!({"type":"recovery","complete":false,"count":2,"epoch":"e","offset":9,"reason":"trimmed"}));
     }
 
     #[test]

@@ -10,6 +10,6 @@ pub struct MemoryBroker;
 impl MemoryBroker {
     /// There are no other nodes: the message reached whatever the hub delivered to.
     pub fn publish(&self, _msg: Publish) -> Ticket {
-        Ticket::ready(Ok(Routed { nodes: 0 }))
+        Ticket::ready(Ok(Routed { nodes: 0, offset: None }))
     }
 }

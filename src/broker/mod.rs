@@ -22,7 +22,7 @@ use crate::protocol::Frame;
 pub use memory::MemoryBroker;
 pub use redis::{
     room_channel, room_members_key, BrokerError, LookupError, NodeInfo, RedisBroker, LOOKUP_TIMEOUT, PUBLISH_QUEUE,
-    ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_PUBLISH_QUEUE, ROUTE_QUEUE,
+    REPLAY_DEADLINE, REPLAY_MAX, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_PUBLISH_QUEUE, ROUTE_QUEUE,
 };
 
 /// A chat envelope on its way to the receiver's connections on other nodes.
@@ -37,8 +37,89 @@ pub struct Publish {
 /// Where a message went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Routed {
-    /// Other nodes with a live route to the receiver that the message was published to.
+    /// Other nodes with a live route to the receiver that the message was published to. With
+    /// history on, this node too when it holds the receiver (local receivers are served through
+    /// Redis then, see [`Broker::delivers_locally`]).
     pub nodes: u32,
+    /// The offset the message got in the receiver's history, when it was stored there.
+    pub offset: Option<u64>,
+}
+
+/// Per-user history settings (`--history`, `--history-size`, `--history-ttl`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryConfig {
+    /// Messages kept per user (the newest).
+    pub size: usize,
+    /// A user's history expires this long after its last message.
+    pub ttl: std::time::Duration,
+}
+
+/// Default `--history-size`: 100 messages covers a reconnect after a few seconds offline at a
+/// busy chat rate, and costs ~25 KB of Redis per active user.
+pub const DEFAULT_HISTORY_SIZE: usize = 100;
+/// Default `--history-ttl`: a client that has been gone for 5 minutes is better served by a
+/// fresh load of its state than by a replay.
+pub const DEFAULT_HISTORY_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+/// Largest `--history-size`: a user's history is one Redis LIST read in one command on resume.
+pub const MAX_HISTORY_SIZE: usize = 10_000;
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig { size: DEFAULT_HISTORY_SIZE, ttl: DEFAULT_HISTORY_TTL }
+    }
+}
+
+/// Why a resume could not replay everything the client missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecoveryGap {
+    /// The history's epoch is not the client's: it was lost (expired, Redis restarted empty).
+    EpochChanged,
+    /// Messages after `since` were trimmed (more than the history size) or expired.
+    Trimmed,
+    /// More missed messages than one resume replays ([`REPLAY_MAX`]).
+    TooFarBehind,
+    /// `since` is beyond the history's last offset.
+    Ahead,
+    /// Redis did not answer within [`REPLAY_DEADLINE`].
+    Unavailable,
+    /// This node keeps no history.
+    HistoryOff,
+}
+
+impl RecoveryGap {
+    /// As written in the recovery frame's `reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryGap::EpochChanged => "epoch_changed",
+            RecoveryGap::Trimmed => "trimmed",
+            RecoveryGap::TooFarBehind => "too_far_behind",
+            RecoveryGap::Ahead => "offset_ahead",
+            RecoveryGap::Unavailable => "unavailable",
+            RecoveryGap::HistoryOff => "history_off",
+        }
+    }
+}
+
+/// What a resume found: the kept messages after the client's offset, in order, and whether they
+/// are all it missed.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// Final envelopes, in offset order.
+    pub entries: Vec<Frame>,
+    /// The history's current epoch ("" when unknown).
+    pub epoch: String,
+    /// The history's last offset when read: what the client has after the replay.
+    pub offset: u64,
+    /// None: complete.
+    pub gap: Option<RecoveryGap>,
+}
+
+impl Recovery {
+    /// Nothing replayed, for `why`.
+    pub fn failed(since: u64, why: RecoveryGap) -> Recovery {
+        Recovery { entries: Vec::new(), epoch: String::new(), offset: since, gap: Some(why) }
+    }
 }
 
 /// Why a message could not be routed to other nodes. Local delivery already happened.
@@ -135,11 +216,35 @@ impl Broker {
         }
     }
 
-    /// Sends to the receiver's connections on other nodes. Never waits: the ticket resolves later.
+    /// Sends to the receiver's connections on other nodes (and, with history on, on this one:
+    /// see [`Broker::delivers_locally`]). Never waits: the ticket resolves later.
     pub fn publish(&self, msg: Publish) -> Ticket {
+        self.publish_except(msg, None)
+    }
+
+    /// [`Broker::publish`], never delivered to connection `except` of this node (the sender's
+    /// own connection, for a message to oneself).
+    pub fn publish_except(&self, msg: Publish, except: Option<uuid::Uuid>) -> Ticket {
         match self {
             Broker::Memory(m) => m.publish(msg),
-            Broker::Redis(b) => b.publish(msg),
+            Broker::Redis(b) => b.publish(msg, except),
+        }
+    }
+
+    /// Whether [`Broker::publish`] also reaches the receiver's connections on this node. True
+    /// with history on: local receivers then get the message through Redis like everyone else, so
+    /// it carries its offset and never overtakes a message that another node stored first. When
+    /// false, the caller delivers locally through the hub first.
+    pub fn delivers_locally(&self) -> bool {
+        matches!(self, Broker::Redis(b) if b.history().is_some())
+    }
+
+    /// A resume: the messages of `user` kept after `since` (in `epoch`), bounded in time and count.
+    /// Never fails: trouble becomes a [`Recovery`] with a gap.
+    pub async fn recover(&self, user: &str, since: u64, epoch: Option<&str>) -> Recovery {
+        match self {
+            Broker::Redis(b) => b.recover(user, since, epoch).await,
+            Broker::Memory(_) => Recovery::failed(since, RecoveryGap::HistoryOff),
         }
     }
 

@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::broker::{Broker, BrokerError, MemoryBroker, RedisBroker};
+use crate::broker::{Broker, BrokerError, HistoryConfig, MemoryBroker, RedisBroker};
 use crate::hub::{CloseReason, Hub, Outbox};
 use crate::metrics::Metrics;
 use crate::redis::RedisConfig;
@@ -179,6 +179,9 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Auth, origins, connection caps, rate limit, handshake limits.
     pub security: admission::SecurityConfig,
+    /// Keep every message to a user in its history in Redis, with offsets, for resumes
+    /// (`--history`). Needs Redis.
+    pub history: Option<HistoryConfig>,
 }
 
 impl ServerConfig {
@@ -192,6 +195,7 @@ impl ServerConfig {
             require_lease: true,
             security: Default::default(),
             api_key: None,
+            history: None,
         }
     }
 }
@@ -204,6 +208,10 @@ pub enum ServerError {
     BadServerId(String),
     #[error(transparent)]
     Limits(#[from] LimitsError),
+    #[error("history needs Redis (--redis-uri): a single node without Redis keeps none")]
+    HistoryNeedsRedis,
+    #[error("history size must be 1 to {max}, got {0}", max = crate::broker::MAX_HISTORY_SIZE)]
+    HistorySize(usize),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("listener: {0}")]
@@ -245,6 +253,14 @@ pub async fn serve_with_metrics(
         return Err(ServerError::BadServerId(id.clone()));
     }
     config.limits.validate()?;
+    if let Some(h) = &config.history {
+        if config.redis.is_none() {
+            return Err(ServerError::HistoryNeedsRedis);
+        }
+        if h.size == 0 || h.size > crate::broker::MAX_HISTORY_SIZE {
+            return Err(ServerError::HistorySize(h.size));
+        }
+    }
     let local: SocketAddr = listener.local_addr()?;
     let address = config.advertise.clone().unwrap_or_else(|| local.to_string());
     let hub = Arc::new(Hub::new(metrics.clone()));
@@ -261,6 +277,7 @@ pub async fn serve_with_metrics(
                 require_lease: config.require_lease,
                 max_envelope: config.limits.max_outgoing_frame(),
                 rooms: rooms.clone(),
+                history: config.history.clone(),
             };
             Broker::Redis(RedisBroker::start(redis.clone(), info).await?)
         }
@@ -397,6 +414,10 @@ async fn ws_handler(
     if node.draining.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
+    let resume = match session::Resume::from_query(&params) {
+        Ok(r) => r,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
     let user: Arc<str> = Arc::from(checked.user.as_str());
     // Held by the upgrade callback: released when the session ends, or when a failed upgrade
     // drops the callback.
@@ -410,7 +431,7 @@ async fn ws_handler(
     // (unless Redis did not answer within the broker's bound; it is then registered when Redis
     // answers, see `broker::Registered::Later`).
     let reg = session::Registration::new(node.clone(), user, conn, outbox);
-    let _ = reg.register().await;
+    let routable = reg.register().await == crate::broker::Registered::Yes;
     let token = node.sessions.token();
     let l = &node.limits;
     // Answers `wsctl.bearer` whenever the client offered it (whichever token was used, and with
@@ -427,7 +448,7 @@ async fn ws_handler(
             if let Some(at) = expires_at {
                 sessions.spawn(auth::close_at_expiry(ctl.clone(), at));
             }
-            session::run(socket, reg, rx, ctl).await;
+            session::run(socket, reg, rx, ctl, resume, routable).await;
             drop(permit);
             drop(token);
         })

@@ -1,6 +1,12 @@
 //! One client connection: a reader task that parses and answers frames, a writer task that
 //! drains the bounded send queue in batches (one flush per batch, not per frame), and the
 //! registration that keeps the user routed while any of its connections is open.
+//!
+//! A resume (`since`/`epoch` in the query, history on) is served by the writer: it waits
+//! (bounded) for the history read, writes the replay and the `recovery` frame, and only then
+//! drains the queue, where live frames wait meanwhile. The connection is registered before the
+//! read, so a message is either in what was read or arrives live; live frames already replayed
+//! (offset at or below the replay's last) are skipped at the seam.
 
 mod rooms;
 
@@ -20,7 +26,7 @@ use uuid::Uuid;
 
 use super::ratelimit::Verdict;
 use super::{Node, PUBLISH_INFLIGHT};
-use crate::broker::{Publish, PublishError, PublishResult, Registered, Ticket};
+use crate::broker::{Publish, PublishError, PublishResult, Recovery, RecoveryGap, Registered, Ticket};
 use crate::hub::{CloseReason, Frame, Outbox, SessionCtl};
 use crate::protocol::{self, close, ErrorCode, FrameError};
 
@@ -86,8 +92,36 @@ impl Drop for Registration {
     }
 }
 
-/// Runs the connection to its end.
-pub(crate) async fn run(socket: WebSocket, reg: Registration, rx: mpsc::Receiver<Frame>, ctl: Arc<SessionCtl>) {
+/// A resume asked for in the query: `since=<offset>` (and `epoch=<epoch>`, which a client that
+/// has received nothing yet may leave out with `since=0`).
+#[derive(Debug, Clone)]
+pub(crate) struct Resume {
+    since: u64,
+    epoch: Option<String>,
+}
+
+impl Resume {
+    /// The resume in the query, if any; an error text (for a 400) when `since` is not an offset.
+    pub(crate) fn from_query(params: &std::collections::HashMap<String, String>) -> Result<Option<Resume>, &'static str> {
+        let Some(since) = params.get("since") else { return Ok(None) };
+        let since = since.parse().map_err(|_| "since must be an offset (an integer >= 0)")?;
+        Ok(Some(Resume { since, epoch: params.get("epoch").filter(|e| !e.is_empty()).cloned() }))
+    }
+}
+
+type Replay = Pin<Box<dyn Future<Output = Recovery> + Send>>;
+
+/// Runs the connection to its end. `routable`: the route table confirmed the connection; a
+/// resume without that is answered `complete:false` (`unavailable`) without reading, since
+/// messages stored after the read might reach neither the replay nor this connection.
+pub(crate) async fn run(
+    socket: WebSocket,
+    reg: Registration,
+    rx: mpsc::Receiver<Frame>,
+    ctl: Arc<SessionCtl>,
+    resume: Option<Resume>,
+    routable: bool,
+) {
     // Debug level: an enabled span keeps its formatted fields per connection (~0.5 KiB), which an
     // idle node cannot afford at 10k connections. RUST_LOG=wsctl=debug turns it on.
     let span = debug_span!("session", user = %reg.user, conn = %reg.conn);
@@ -96,7 +130,16 @@ pub(crate) async fn run(socket: WebSocket, reg: Registration, rx: mpsc::Receiver
         let node = reg.node.clone();
         let (sink, mut stream) = socket.split();
         let seen = Arc::new(Activity::new());
-        let writer = node.sessions.spawn(write_loop(sink, rx, ctl.clone(), seen.clone(), node.limits.clone()).in_current_span());
+        let replay = resume.map(|r| {
+            let (node, user) = (node.clone(), reg.user.clone());
+            Box::pin(async move {
+                if !routable {
+                    return Recovery::failed(r.since, RecoveryGap::Unavailable);
+                }
+                node.broker.recover(&user, r.since, r.epoch.as_deref()).await
+            }) as Replay
+        });
+        let writer = node.sessions.spawn(write_loop(sink, rx, ctl.clone(), seen.clone(), node.limits.clone(), replay).in_current_span());
         let end = read_loop(&mut stream, &reg, &ctl, &seen).await;
         seen.reader_done.cancel();
         ctl.close_with(end);
@@ -225,7 +268,7 @@ fn answer(reg: &Registration, (id, local, kind, result): (Option<Box<RawValue>>,
                 metrics.undeliverable.inc();
             }
             if let Some(id) = &id {
-                reg.outbox.offer(protocol::encode_ack(id, Some(online)), metrics);
+                reg.outbox.offer(protocol::encode_chat_ack(id, online, routed.offset.is_some()), metrics);
             }
             return;
         }
@@ -336,9 +379,11 @@ fn handle_frame(reg: &Registration, bytes: &[u8]) -> Option<InFlight> {
             node.metrics.messages.inc();
             let ts = protocol::timestamp_now();
             let envelope = protocol::encode_envelope(protocol::TYPE_CHAT, frame.payload, &receiver, &reg.user, &ts);
-            // Local receivers first, straight from the hub; never echoed to this connection.
-            let local = node.hub.deliver(&receiver, &envelope, Some(reg.conn));
-            let ticket = node.broker.publish(Publish { receiver: Arc::from(receiver.as_ref()), envelope });
+            // Local receivers first, straight from the hub, unless the broker serves them (history
+            // on: through Redis, in offset order); never echoed to this connection.
+            let local = if node.broker.delivers_locally() { 0 } else { node.hub.deliver(&receiver, &envelope, Some(reg.conn)) };
+            let except = (*receiver == *reg.user).then_some(reg.conn);
+            let ticket = node.broker.publish_except(Publish { receiver: Arc::from(receiver.as_ref()), envelope }, except);
             Some(InFlight { id: id.map(ToOwned::to_owned), local, ticket, answer: Answer::Chat })
         }
         protocol::TYPE_LATENCY => match protocol::parse_latency_ms(frame.payload) {
@@ -375,9 +420,26 @@ async fn write_loop(
     ctl: Arc<SessionCtl>,
     seen: Arc<Activity>,
     limits: super::Limits,
+    replay: Option<Replay>,
 ) {
     // Grown by the first batch, not before: an idle connection should cost nothing here.
     let mut batch = Vec::new();
+    // The last offset replayed, while live frames may still repeat it.
+    let mut seam = None;
+    if let Some(replay) = replay {
+        let recovery = tokio::select! {
+            _ = ctl.closed() => None,
+            r = replay => Some(r),
+        };
+        if let Some(recovery) = recovery {
+            // Only a history that was read has a seam (a failed read knows no offset).
+            seam = (!recovery.epoch.is_empty()).then_some(recovery.offset);
+            if write_recovery(&mut sink, recovery).await.is_err() {
+                ctl.close_with(CloseReason::PeerBroke);
+                return;
+            }
+        }
+    }
     let ping_every = limits.ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -401,6 +463,9 @@ async fn write_loop(
             n = rx.recv_many(&mut batch, WRITE_BATCH) => {
                 if n == 0 {
                     break;
+                }
+                if let Some(last) = seam {
+                    seam = skip_replayed(&mut batch, last, &ctl);
                 }
                 if write_batch(&mut sink, &mut batch, &ctl).await.is_err() {
                     ctl.close_with(CloseReason::PeerBroke);
@@ -464,6 +529,36 @@ async fn write_until(
             }
         }
     }
+}
+
+/// Writes a resume's replay, then the `recovery` frame that ends it.
+async fn write_recovery(sink: &mut SplitSink<WebSocket, Message>, r: Recovery) -> Result<(), ()> {
+    let done = protocol::encode_recovery(r.gap.is_none(), r.entries.len(), &r.epoch, r.offset, r.gap.map(|g| g.as_str()));
+    let write = async {
+        for frame in r.entries.into_iter().chain([done]) {
+            sink.feed(Message::Text(frame)).await.map_err(|_| ())?;
+        }
+        sink.flush().await.map_err(|_| ())
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write).await.map_err(|_| ())?
+}
+
+/// Drops live frames the replay already carried (offset <= `last`). Returns the seam still to
+/// watch, or None once a later offset went by: from there on live frames are new.
+fn skip_replayed(batch: &mut Vec<Frame>, last: u64, ctl: &SessionCtl) -> Option<u64> {
+    let mut passed = false;
+    batch.retain(|f| match protocol::envelope_offset(f.as_bytes()) {
+        Some(o) if o <= last => {
+            ctl.dequeued(f.len());
+            false
+        }
+        Some(_) => {
+            passed = true;
+            true
+        }
+        None => true,
+    });
+    (!passed).then_some(last)
 }
 
 async fn write_batch(sink: &mut SplitSink<WebSocket, Message>, batch: &mut Vec<Frame>, ctl: &SessionCtl) -> Result<(), ()> {

@@ -204,6 +204,11 @@ impl TestNode {
     }
 
     /// A node with any configuration (e.g. an API key).
+    /// A node with per-user history (`--history`) on `redis`.
+    pub async fn start_history(id: &str, redis: RedisConfig, history: wsctl::broker::HistoryConfig) -> TestNode {
+        Self::start_config(ServerConfig { redis: Some(redis), limits: test_limits(), history: Some(history), ..ServerConfig::embedded(id) }).await
+    }
+
     pub async fn start_config(config: ServerConfig) -> TestNode {
         init_logs();
         let id = config.server_id.clone();

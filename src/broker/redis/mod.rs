@@ -9,13 +9,18 @@
 //! - [`rooms`]: room channel subscriptions (while a room has members here), room publishing and
 //!   per-node member counts; [`lookup`] answers the HTTP API's presence and room questions.
 //!
+//! With `--history`, [`history`] keeps every message to a user in Redis with an offset, and
+//! reads it back for a resume.
+//!
 //! Redis trouble never stalls the node: every wait has a deadline, and while Redis is known to be
 //! unreachable (`degraded`) sends are answered `unavailable` at once instead of queueing behind
 //! a stalled connection. A probe clears the state as soon as Redis answers again.
 
+mod history;
 mod lookup;
 mod publisher;
 mod refresher;
+mod reorder;
 mod rooms;
 mod subscriber;
 mod writer;
@@ -38,11 +43,12 @@ use crate::protocol::Frame;
 use crate::redis::{PubsubMode, RedisConfig, RedisConfigError};
 use crate::routes::{self, Lease};
 
-use super::{Publish, PublishError, Registered, Ticket};
+use super::{HistoryConfig, Publish, PublishError, Recovery, Registered, Ticket};
 use publisher::{PublishReq, Publisher};
 use writer::{RouteOp, RouteWriter};
 
 pub use lookup::{LookupError, LOOKUP_TIMEOUT};
+pub use history::{REPLAY_DEADLINE, REPLAY_MAX};
 pub use publisher::PUBLISH_QUEUE;
 pub use rooms::{room_channel, room_members_key, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_PUBLISH_QUEUE};
 pub use writer::ROUTE_QUEUE;
@@ -86,6 +92,8 @@ pub struct NodeInfo {
     pub max_envelope: usize,
     /// This node's room members.
     pub rooms: Arc<crate::rooms::Rooms>,
+    /// Keep every message to a user in its history (`--history`).
+    pub history: Option<HistoryConfig>,
 }
 
 /// Whether Redis is known to be unreachable, shared by the broker's tasks.
@@ -114,6 +122,7 @@ pub struct RedisBroker {
     client: Client,
     subscriber: SubscriberClient,
     sharded: bool,
+    history: Option<HistoryConfig>,
     routes_tx: mpsc::Sender<RouteOp>,
     publish_tx: mpsc::Sender<PublishReq>,
     health: Arc<Health>,
@@ -161,6 +170,7 @@ impl RedisBroker {
             client: client.clone(),
             subscriber: subscriber.clone(),
             sharded,
+            history: node.history.clone(),
             routes_tx,
             publish_tx,
             health,
@@ -201,6 +211,7 @@ impl RedisBroker {
                 metrics: node.metrics.clone(),
                 max_envelope: node.max_envelope,
             },
+            reorder: cluster.then(reorder::Reorder::default),
         };
         broker.tracker.spawn(receiver.run(subscriber.message_rx(), broker.stop.clone()));
         let watch = Watch {
@@ -247,12 +258,12 @@ impl RedisBroker {
         let _ = self.routes_tx.try_send(RouteOp::Touch(user.clone()));
     }
 
-    pub fn publish(&self, msg: Publish) -> Ticket {
+    pub fn publish(&self, msg: Publish, except: Option<uuid::Uuid>) -> Ticket {
         if self.health.is_degraded() {
             return Ticket::ready(Err(PublishError::Unavailable));
         }
         let (reply, ticket) = Ticket::pending();
-        match self.publish_tx.try_send(PublishReq { msg, reply }) {
+        match self.publish_tx.try_send(PublishReq { msg, except, reply }) {
             Ok(()) => ticket,
             Err(mpsc::error::TrySendError::Full(_)) => Ticket::ready(Err(PublishError::Overloaded)),
             Err(mpsc::error::TrySendError::Closed(_)) => Ticket::ready(Err(PublishError::Stopped)),
@@ -277,6 +288,18 @@ impl RedisBroker {
     /// Member connections of `room` per live node, as the nodes last wrote them.
     pub async fn room_counts(&self, room: &str) -> Result<Vec<(String, u64)>, LookupError> {
         lookup::room_counts(&self.client, room).await
+    }
+
+    pub fn history(&self) -> Option<&HistoryConfig> {
+        self.history.as_ref()
+    }
+
+    /// The messages of `user` kept after `since`: see [`history::recover`].
+    pub async fn recover(&self, user: &str, since: u64, epoch: Option<&str>) -> Recovery {
+        match &self.history {
+            Some(cfg) => history::recover(&self.client, cfg, user, since, epoch).await,
+            None => Recovery::failed(since, super::RecoveryGap::HistoryOff),
+        }
     }
 
     pub fn is_ready(&self) -> bool {

@@ -8,6 +8,12 @@
 //! - Cluster: the keys live on different shards, so two pipelined round trips read the route
 //!   sets and check them, and a third publishes and removes the dead entries.
 //!
+//! With history on ([`super::history`]) each message is first appended to its receiver's history,
+//! which gives it its offset: inside the same script on standalone (no extra round trip); on a
+//! Cluster, by a script on each history's slot, pipelined for the whole batch, before the route
+//! sets are read (one extra round trip; the order matters for resumes, see `route_pipelined`).
+//! Messages are then published to this node too, when it holds the receiver.
+//!
 //! Every batch has a deadline ([`BATCH_DEADLINE`]); a batch that misses it or fails marks the
 //! broker degraded, and while it is, queued and new sends are answered `unavailable` at once.
 
@@ -17,6 +23,7 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::scripts::Script;
+use fred::types::{ClusterHash, CustomCommand};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -24,8 +31,9 @@ use tracing::warn;
 use crate::metrics::Metrics;
 use crate::routes;
 
-use super::super::{Publish, PublishError, PublishResult, Routed};
-use super::{Health, NodeInfo};
+use super::super::{HistoryConfig, Publish, PublishError, PublishResult, Routed};
+use super::subscriber::except_prefix;
+use super::{history, Health, NodeInfo};
 
 /// Capacity of the node's queue towards Redis. When full, senders get `overloaded` at once
 /// instead of waiting. Each connection has at most [`crate::server::PUBLISH_INFLIGHT`] messages
@@ -41,6 +49,8 @@ pub const BATCH_DEADLINE: Duration = Duration::from_secs(2);
 /// A message waiting in the queue, with where its outcome goes.
 pub(crate) struct PublishReq {
     pub(crate) msg: Publish,
+    /// The sending connection, never delivered to (a message to oneself).
+    pub(crate) except: Option<uuid::Uuid>,
     pub(crate) reply: oneshot::Sender<PublishResult>,
 }
 
@@ -51,6 +61,9 @@ pub(crate) struct Publisher {
     require_lease: bool,
     /// On standalone Redis, the whole batch is routed by one script call (see [`route_script`]).
     script: Option<Script>,
+    history: Option<HistoryConfig>,
+    /// On a Cluster with history, the append script run on each receiver's history slot.
+    append: Option<Script>,
     metrics: Metrics,
     health: Arc<Health>,
 }
@@ -63,6 +76,8 @@ impl Publisher {
             sharded,
             require_lease: node.require_lease,
             script: (!cluster).then(|| Script::from_lua(route_script())),
+            history: node.history.clone(),
+            append: (cluster && node.history.is_some()).then(history::append_script),
             metrics: node.metrics.clone(),
             health,
         }
@@ -86,9 +101,9 @@ impl Publisher {
                 continue;
             }
             match tokio::time::timeout(BATCH_DEADLINE, self.route(&batch)).await {
-                Ok(Ok(nodes)) => {
-                    for (req, n) in batch.drain(..).zip(nodes) {
-                        let _ = req.reply.send(Ok(Routed { nodes: n }));
+                Ok(Ok(routed)) => {
+                    for (req, r) in batch.drain(..).zip(routed) {
+                        let _ = req.reply.send(Ok(r));
                     }
                 }
                 failed => {
@@ -103,51 +118,64 @@ impl Publisher {
         }
     }
 
-    /// Returns, per message, the number of other nodes it was published to.
-    async fn route(&self, batch: &[PublishReq]) -> Result<Vec<u32>, fred::error::Error> {
+    /// Returns, per message, where it went.
+    async fn route(&self, batch: &[PublishReq]) -> Result<Vec<Routed>, fred::error::Error> {
         match &self.script {
             Some(script) => self.route_by_script(script, batch).await,
             None => self.route_pipelined(batch).await,
         }
     }
 
-    /// Standalone: one EVALSHA. On NOSCRIPT (a Redis restarted empty) the script is loaded and the
-    /// call repeated; the arguments are built again then rather than cloned for every call.
-    async fn route_by_script(&self, script: &Script, batch: &[PublishReq]) -> Result<Vec<u32>, fred::error::Error> {
-        let (keys, args) = self.script_args(batch);
-        let live: Vec<i64> = match self.client.evalsha(script.sha1().clone(), keys, args).await {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                script.load(&self.client).await?;
-                let (keys, args) = self.script_args(batch);
-                self.client.evalsha(script.sha1().clone(), keys, args).await?
-            }
-            other => other?,
-        };
-        Ok(live.into_iter().map(|n| n.max(0) as u32).collect())
-    }
-
-    /// KEYS and ARGV of [`route_script`] for a batch.
-    fn script_args(&self, batch: &[PublishReq]) -> (Vec<String>, Vec<Value>) {
-        let keys = batch.iter().map(|r| routes::user_servers_key(&r.msg.receiver)).collect();
-        let mut args: Vec<Value> = Vec::with_capacity(batch.len() + 2);
+    /// Standalone: one EVALSHA (reloaded on NOSCRIPT, e.g. after a Redis restart).
+    async fn route_by_script(&self, script: &Script, batch: &[PublishReq]) -> Result<Vec<Routed>, fred::error::Error> {
+        let keys: Vec<String> = batch.iter().map(|r| routes::user_servers_key(&r.msg.receiver)).collect();
+        let mut args: Vec<Value> = Vec::with_capacity(2 * batch.len() + 5);
         args.push(Value::from(self.server_id.as_ref()));
         args.push(Value::from(if self.require_lease { "1" } else { "0" }));
-        args.extend(batch.iter().map(|r| envelope_value(&r.msg)));
-        (keys, args)
+        match &self.history {
+            Some(cfg) => {
+                args.extend([Value::from(cfg.size as i64), Value::from(history::ttl_ms(cfg)), Value::from(history::new_epoch())]);
+                for r in batch {
+                    args.push(open_envelope(&r.msg));
+                    args.push(Value::from(r.except.map(except_prefix).unwrap_or_default()));
+                }
+            }
+            None => {
+                args.extend([Value::from(0), Value::from("0"), Value::from("")]);
+                for r in batch {
+                    args.push(envelope_value(&r.msg));
+                    args.push(Value::from(""));
+                }
+            }
+        }
+        let out: Vec<i64> = script.evalsha_with_reload(&self.client, keys, args).await?;
+        Ok(out.chunks(2).map(|c| Routed { nodes: c[0].max(0) as u32, offset: c.get(1).filter(|o| **o > 0).map(|o| *o as u64) }).collect())
     }
 
     /// Cluster: three pipelined round trips (route sets; presence and leases; publishes and
-    /// removal of dead entries).
-    async fn route_pipelined(&self, batch: &[PublishReq]) -> Result<Vec<u32>, fred::error::Error> {
+    /// removal of dead entries), after a fourth for the history appends when history is on.
+    async fn route_pipelined(&self, batch: &[PublishReq]) -> Result<Vec<Routed>, fred::error::Error> {
         let names = distinct_receivers(batch);
+        // The appends complete before the route sets are read: a connection whose resume read
+        // missed a message (appended after the read) was registered before that read, so the
+        // route read that follows the append finds it, and the message reaches it live.
+        let p = self.client.pipeline();
+        let groups = self.queue_appends(&p, batch, &names).await?;
+        let replies = if groups.is_empty() { Vec::new() } else { p.try_all::<Value>().await };
+        let (finals, offsets) = self.appended(batch, &groups, replies).await?;
         let p = self.client.pipeline();
         for u in &names {
             let _: () = p.smembers(routes::user_servers_key(u)).await?;
         }
         // try_all: one result per command (all() flattens a one-command pipeline's reply).
         let sets = p.try_all::<Vec<String>>().await.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let candidates: Vec<(&str, String)> =
-            names.iter().zip(sets).flat_map(|(u, servers)| servers.into_iter().map(move |s| (*u, s))).filter(|(_, s)| **s != *self.server_id).collect();
+        let with_self = self.history.is_some();
+        let candidates: Vec<(&str, String)> = names
+            .iter()
+            .zip(sets)
+            .flat_map(|(u, servers)| servers.into_iter().map(move |s| (*u, s)))
+            .filter(|(_, s)| with_self || **s != *self.server_id)
+            .collect();
         let (live, dead) = self.check(&candidates).await?;
         let p = self.client.pipeline();
         for (u, s) in &dead {
@@ -155,12 +183,16 @@ impl Publisher {
             let _: () = p.srem(routes::user_servers_key(u), s.to_string()).await?;
         }
         let mut out = Vec::with_capacity(batch.len());
-        for r in batch {
+        for (i, r) in batch.iter().enumerate() {
             let servers = live.get(r.msg.receiver.as_ref()).map_or(&[][..], Vec::as_slice);
-            out.push(servers.len() as u32);
+            out.push(Routed { nodes: servers.len() as u32, offset: offsets[i] });
             for s in servers {
+                let envelope = finals[i].clone().unwrap_or_else(|| envelope_value(&r.msg));
+                let envelope = match r.except {
+                    Some(conn) if **s == *self.server_id => prefixed(conn, envelope),
+                    _ => envelope,
+                };
                 let channel = routes::server_channel(s);
-                let envelope = envelope_value(&r.msg);
                 if self.sharded {
                     let _: () = p.spublish(channel, envelope).await?;
                 } else {
@@ -169,10 +201,59 @@ impl Publisher {
             }
         }
         // The replies (subscriber counts) are not read: on a Cluster they only count the shard hit.
-        if !dead.is_empty() || out.iter().any(|n| *n > 0) {
+        if !dead.is_empty() || out.iter().any(|r| r.nodes > 0) {
             let _: Value = p.all().await?;
         }
         Ok(out)
+    }
+
+    /// With history on, queues one append per receiver (its messages in batch order) on `p`.
+    /// Returns, per append queued, the indices in `batch` of its messages.
+    async fn queue_appends(&self, p: &fred::clients::Pipeline<Client>, batch: &[PublishReq], names: &[&str]) -> Result<Vec<Vec<usize>>, fred::error::Error> {
+        let (Some(cfg), Some(script)) = (&self.history, &self.append) else { return Ok(Vec::new()) };
+        let mut groups = Vec::with_capacity(names.len());
+        for u in names {
+            let idx: Vec<usize> = (0..batch.len()).filter(|i| *batch[*i].msg.receiver == **u).collect();
+            // A pipeline has no EVALSHA of its own: the command by hand, sent to the slot of the
+            // user's keys (fred only honours a custom command's slot when given as a number).
+            let keys = append_keys(u);
+            let slot = fred::util::redis_keyslot(keys[0].as_bytes());
+            let mut args = vec![Value::from(script.sha1().clone()), Value::from(2)];
+            args.extend(keys.into_iter().map(Value::from));
+            args.extend(append_args(cfg, idx.iter().map(|i| &batch[*i].msg)));
+            let _: () = p.custom(CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false), args).await?;
+            groups.push(idx);
+        }
+        Ok(groups)
+    }
+
+    /// Reads the appends' replies: per message, its final envelope and offset. An append that
+    /// failed with NOSCRIPT (a shard that restarted or failed over) did not run: it is sent again
+    /// with the script's text.
+    async fn appended(
+        &self,
+        batch: &[PublishReq],
+        groups: &[Vec<usize>],
+        replies: Vec<Result<Value, fred::error::Error>>,
+    ) -> Result<(Vec<Option<Value>>, Vec<Option<u64>>), fred::error::Error> {
+        let mut finals = vec![None; batch.len()];
+        let mut offsets = vec![None; batch.len()];
+        let (Some(cfg), Some(script)) = (&self.history, &self.append) else { return Ok((finals, offsets)) };
+        for (idx, reply) in groups.iter().zip(replies) {
+            let reply = match reply {
+                Err(e) if e.details().starts_with("NOSCRIPT") => {
+                    let u = batch[idx[0]].msg.receiver.as_ref();
+                    let lua = script.lua().expect("built from Lua").clone();
+                    self.client.eval::<Value, _, _, _>(lua, append_keys(u), append_args(cfg, idx.iter().map(|i| &batch[*i].msg))).await?
+                }
+                other => other?,
+            };
+            for (i, entry) in idx.iter().zip(reply.into_array()) {
+                offsets[*i] = entry.as_bytes().and_then(crate::protocol::envelope_offset);
+                finals[*i] = Some(entry);
+            }
+        }
+        Ok((finals, offsets))
     }
 
     /// Splits route candidates into live (by receiver) and dead, in one pipelined round trip.
@@ -211,9 +292,34 @@ impl Publisher {
     }
 }
 
+/// The envelope without its closing brace, for the history script to complete with its offset
+/// and epoch. Every envelope the node builds is a JSON object; one that is not is passed whole.
+fn open_envelope(msg: &Publish) -> Value {
+    let bytes = bytes::Bytes::from(msg.envelope.clone());
+    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).filter(|i| bytes[*i] == b'}');
+    Value::Bytes(end.map_or(bytes.clone(), |i| bytes.slice(..i)))
+}
+
 /// The envelope as a Redis argument: a reference count, not a copy.
 fn envelope_value(msg: &Publish) -> Value {
     Value::Bytes(bytes::Bytes::from(msg.envelope.clone()))
+}
+
+fn append_keys(user: &str) -> Vec<String> {
+    vec![history::history_key(user), history::meta_key(user)]
+}
+
+fn append_args<'a>(cfg: &HistoryConfig, msgs: impl Iterator<Item = &'a Publish>) -> Vec<Value> {
+    let mut args = vec![Value::from(cfg.size as i64), Value::from(history::ttl_ms(cfg)), Value::from(history::new_epoch())];
+    args.extend(msgs.map(open_envelope));
+    args
+}
+
+/// The copy of an envelope published to this node, marked with the connection not to deliver to.
+fn prefixed(conn: uuid::Uuid, envelope: Value) -> Value {
+    let mut out = except_prefix(conn).into_bytes();
+    out.extend_from_slice(envelope.as_bytes().unwrap_or_default());
+    Value::Bytes(out.into())
 }
 
 fn distinct_receivers(batch: &[PublishReq]) -> Vec<&str> {
@@ -230,26 +336,33 @@ fn answer(reqs: impl Iterator<Item = PublishReq>, result: PublishResult) {
 }
 
 /// The standalone routing script. KEYS[i] is the route set of message i's receiver; ARGV[1] this
-/// node's id, ARGV[2] "1" if a route needs its node's lease, ARGV[i+2] message i's envelope. For
-/// each distinct receiver it reads the set and keeps the entries whose `user_online` key exists
-/// and whose node holds a lease (SREM for the others, as the spec says), then publishes each
-/// envelope once per live node other than this one (the hub delivered locally). Returns, per
-/// message, the number of nodes published to. Keys other than KEYS are touched, which standalone
-/// Redis allows (the Cluster path never uses this).
+/// node's id, ARGV[2] "1" if a route needs its node's lease, ARGV[3] the history size (0: history
+/// off), ARGV[4] the history TTL in ms, ARGV[5] a new epoch; then two per message i:
+/// ARGV[4 + 2i] its envelope (without the closing brace when history is on) and ARGV[5 + 2i] a
+/// prefix for the copy published to this node ("" or [`EXCEPT_MARK`] + the sending connection).
+///
+/// For each distinct receiver it reads the set and keeps the entries whose `user_online` key
+/// exists and whose node holds a lease (SREM for the others, as the spec says). With history on,
+/// each message is first appended to its receiver's history (see [`history::APPEND_LUA`]) and
+/// published to every live node including this one; without, to every live node but this one
+/// (the hub delivered locally). All in one atomic step, so offsets are published in order.
+/// Returns, per message, the number of nodes published to and its offset (0: not stored). Keys
+/// other than KEYS are touched, which standalone Redis allows (the Cluster path never uses this).
 fn route_script() -> String {
     format!(
         r#"local me = ARGV[1]
 local need_lease = ARGV[2] == '1'
+local hist_size, ttl_ms, new_epoch = tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local live_of = {{}}
 local leased = {{}}
 local out = {{}}
 for i, key in ipairs(KEYS) do
+  local user = string.sub(key, {skip})
   local live = live_of[key]
   if live == nil then
     live = {{}}
-    local user = string.sub(key, {skip})
     for _, s in ipairs(redis.call('SMEMBERS', key)) do
-      if s ~= me then
+      if s ~= me or hist_size > 0 then
         local ok = redis.call('EXISTS', '{online}' .. user .. ':' .. s) == 1
         if ok and need_lease then
           if leased[s] == nil then
@@ -266,15 +379,29 @@ for i, key in ipairs(KEYS) do
     end
     live_of[key] = live
   end
-  for _, s in ipairs(live) do
-    redis.call('PUBLISH', '{channel}' .. s, ARGV[i + 2])
+  local env, off = ARGV[4 + 2 * i], 0
+  if hist_size > 0 then
+    local hk = '{hist}{{' .. user .. '}}'
+    local mk = '{meta}{{' .. user .. '}}'
+    {append}
   end
-  out[i] = #live
+  for _, s in ipairs(live) do
+    if s == me then
+      redis.call('PUBLISH', '{channel}' .. s, ARGV[5 + 2 * i] .. env)
+    else
+      redis.call('PUBLISH', '{channel}' .. s, env)
+    end
+  end
+  out[2 * i - 1] = #live
+  out[2 * i] = off
 end
 return out"#,
         skip = routes::USER_SERVERS_PREFIX.len() + 1,
         online = routes::USER_ONLINE_PREFIX,
         alive = routes::SERVER_ALIVE_PREFIX,
         channel = routes::SERVER_CHANNEL_PREFIX,
+        hist = history::HISTORY_PREFIX,
+        meta = history::META_PREFIX,
+        append = history::APPEND_LUA,
     )
 }

@@ -1,6 +1,10 @@
 //! The subscriber side: delivers envelopes arriving on this node's channel to the local sessions
 //! of their receiver. What comes off Redis is checked once here (UTF-8, size, a receiver), so a
 //! bad envelope published by anyone is dropped and counted, and never reaches a connection.
+//!
+//! With history on, this node publishes to its own channel too; the copy of a message to oneself
+//! carries [`EXCEPT_MARK`] and the sending connection's id in front of the envelope, so the
+//! sender's own connection is skipped (the spec: not echoed to the sender).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -11,9 +15,31 @@ use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::reorder::{Ready, Reorder};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Frame};
+
+/// First byte of a message on this node's channel that names a connection not to deliver to:
+/// `!` + the connection's UUID (36 bytes) + the envelope. No envelope starts with it.
+pub(crate) const EXCEPT_MARK: char = '!';
+const UUID_LEN: usize = 36;
+
+/// The prefix that keeps a message from connection `conn`.
+pub(crate) fn except_prefix(conn: uuid::Uuid) -> String {
+    format!("{EXCEPT_MARK}{}", conn.hyphenated())
+}
+
+/// Splits a marked message into the connection to skip and the envelope.
+fn split_except(frame: Frame) -> (Option<uuid::Uuid>, Frame) {
+    let b = frame.as_bytes();
+    if b.first() != Some(&(EXCEPT_MARK as u8)) || b.len() <= 1 + UUID_LEN {
+        return (None, frame);
+    }
+    let conn = std::str::from_utf8(&b[1..1 + UUID_LEN]).ok().and_then(|s| uuid::Uuid::parse_str(s).ok());
+    let rest = bytes::Bytes::from(frame).slice(1 + UUID_LEN..);
+    (conn, Frame::try_from(rest).expect("a suffix of UTF-8 after ASCII is UTF-8"))
+}
 
 pub(crate) struct Receiver {
     pub(crate) hub: Arc<Hub>,
@@ -26,18 +52,32 @@ pub(crate) struct Receiver {
     pub(crate) fence_seen: Arc<Notify>,
     /// Room channels' messages go there.
     pub(crate) rooms: super::rooms::RoomInbound,
+    /// On a Cluster: puts each user's history messages back in offset order (see [`Reorder`]).
+    pub(crate) reorder: Option<Reorder>,
 }
 
 impl Receiver {
-    pub(crate) async fn run(self, mut rx: broadcast::Receiver<Message>, stop: CancellationToken) {
+    pub(crate) async fn run(mut self, mut rx: broadcast::Receiver<Message>, stop: CancellationToken) {
+        let mut ready = Vec::new();
         loop {
+            let deadline = self.reorder.as_ref().and_then(Reorder::next_deadline);
             let msg = tokio::select! {
                 m = rx.recv() => m,
                 _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    if let Some(r) = self.reorder.as_mut() {
+                        r.expire(tokio::time::Instant::now(), &mut ready);
+                    }
+                    self.hand_over(&mut ready);
+                    continue;
+                }
             };
             match msg {
                 Ok(m) if self.rooms.handle(&m) => {}
-                Ok(m) => self.deliver(m.value),
+                Ok(m) => {
+                    self.deliver(m.value, &mut ready);
+                    self.hand_over(&mut ready);
+                }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     self.metrics.broker_lagged.inc_by(n);
                     warn!(lost = n, "subscriber fell behind; messages were dropped");
@@ -47,11 +87,20 @@ impl Receiver {
         }
     }
 
-    fn deliver(&self, value: Value) {
+    fn hand_over(&self, ready: &mut Vec<Ready>) {
+        for (user, except, frame) in ready.drain(..) {
+            // Parsed again for its timestamp: only messages that went through the reorder buffer.
+            let ts = protocol::parse_routed(frame.as_bytes()).and_then(|e| e.timestamp.map(|t| t.into_owned()));
+            self.to_hub(&user, &frame, except, ts.as_deref());
+        }
+    }
+
+    fn deliver(&mut self, value: Value, ready: &mut Vec<Ready>) {
         let Some(frame) = self.checked(value) else {
             self.metrics.broker_bad_envelopes.inc();
             return;
         };
+        let (except, frame) = split_except(frame);
         let Some(env) = protocol::parse_routed(frame.as_bytes()) else {
             if *frame == *self.fence {
                 self.fence_seen.notify_waiters();
@@ -61,8 +110,20 @@ impl Receiver {
             }
             return;
         };
-        if self.hub.deliver(&env.receiver, &frame, None) > 0 {
-            if let Some(sent) = env.timestamp.as_deref().and_then(protocol::parse_timestamp) {
+        if let Some(reorder) = self.reorder.as_mut() {
+            let bytes = frame.as_bytes();
+            if let (Some(offset), Some(epoch)) = (protocol::envelope_offset(bytes), protocol::envelope_epoch(bytes)) {
+                reorder.accept(&env.receiver, epoch, offset, except, frame.clone(), tokio::time::Instant::now(), ready);
+                return;
+            }
+        }
+        self.to_hub(&env.receiver, &frame, except, env.timestamp.as_deref());
+    }
+
+    /// Hands an envelope to the receiver's sessions here, and times its trip.
+    fn to_hub(&self, receiver: &str, frame: &Frame, except: Option<uuid::Uuid>, timestamp: Option<&str>) {
+        if self.hub.deliver(receiver, frame, except) > 0 {
+            if let Some(sent) = timestamp.and_then(protocol::parse_timestamp) {
                 if let Ok(d) = SystemTime::now().duration_since(sent) {
                     self.metrics.delivery_ms.observe(d.as_secs_f64() * 1e3);
                 }
