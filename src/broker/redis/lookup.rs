@@ -66,8 +66,8 @@ async fn live(
     let mut out = Vec::with_capacity(servers.len());
     for (s, k) in servers.into_iter().zip(keys) {
         // Consume one answer per key, whatever the earlier ones said.
-        let present = k.iter().map(|_| found.next().unwrap_or(0) > 0).fold(true, |all, p| all && p);
-        if present {
+        let answers: Vec<bool> = k.iter().map(|_| found.next().unwrap_or(0) > 0).collect();
+        if answers.iter().all(|p| *p) {
             out.push(s);
         }
     }
