@@ -20,10 +20,12 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// Capacity of the broadcast channels of the subscriber client, the one that carries pub/sub
 /// messages to the broker. fred's default (32) loses a burst (`Lagged`, counted in
 /// `wss_broker_lagged`). fred pre-allocates this many slots for each of a client's ~9 event
-/// channels, so it costs memory whether used or not: set on the command client too, 65,536 held
-/// ~106 MB RSS before the first connection. Only the subscriber gets it now; sized by
-/// `subscriber_lag_under_burst` below.
-pub const SUBSCRIBER_BROADCAST_CAPACITY: usize = 65_536;
+/// channels, so it costs memory whether used or not: 65,536 on both clients held 105 MiB RSS
+/// before the first connection (~47 MiB per client), against 10 MiB for an embedded node. Only
+/// the subscriber gets a large capacity; 8,192 slots cost ~6 MiB and keep an idle Redis-backed
+/// node under 20 MiB (scripts/bench-idle-rss). A burst deeper than 8,192 messages is lost and
+/// counted, never blocks: `subscriber_lag_under_burst` below measures how deep one gets.
+pub const SUBSCRIBER_BROADCAST_CAPACITY: usize = 8_192;
 
 /// Which pub/sub commands carry envelopes on a Cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,5 +1,8 @@
-//! The Redis route table: key and channel names (exactly the original Go server's, spec Part A),
-//! their TTLs, the node lease (Part B), and the per-key operations both `serve` and `routes` use.
+//! The Redis route table's vocabulary, shared by `serve` and `routes`: key and channel names
+//! (exactly the original Go server's, spec Part A), their TTLs and refresh periods, and the node
+//! lease (Part B). It performs no Redis operation itself: a node's writes (route add/remove,
+//! presence refresh, lease, publish) are the broker's (`broker/redis.rs`), and the walks and
+//! purge behind `wsctl routes` are [`admin`]'s.
 
 pub mod admin;
 
