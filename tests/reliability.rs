@@ -157,6 +157,8 @@ async fn stalled_redis(redis: Fleet) {
     // Remote sends: each answered within the bound (unavailable, or an ack), never queued behind
     // one another.
     let answers = answer_times(&mut alice, "bob", 5, Duration::from_millis(400)).await;
+    let took: Vec<String> = answers.iter().map(|(f, t)| format!("{} in {t:.2?}", f["code"].as_str().unwrap_or("ack"))).collect();
+    eprintln!("answers during the stall: {}", took.join(", "));
     for (frame, took) in &answers {
         assert!(*took < ANSWER_BOUND, "answered in {took:?}: {frame}");
         assert!(frame["type"] == "error" && frame["code"] == "unavailable" || frame["type"] == "ack", "{frame}");
@@ -170,6 +172,7 @@ async fn stalled_redis(redis: Fleet) {
     let t = Instant::now();
     let _dave = a.connect("dave").await;
     assert!(t.elapsed() < Duration::from_secs(2), "upgrade during the stall took {:?}", t.elapsed());
+    eprintln!("upgrade during the stall: {:.2?}", t.elapsed());
     assert!(paused.elapsed() < Duration::from_secs(6), "the checks ran inside the pause");
 
     // After the pause: delivery recovers, and dave's route, written late, is there.
@@ -182,6 +185,7 @@ async fn stalled_redis(redis: Fleet) {
     loop {
         alice.send(json!({"type":"chat_message","receiverID":"bob","payload":n,"id":n})).await;
         if alice.recv().await["type"] == "ack" {
+            eprintln!("delivery acked again {:.2?} after the pause ended", paused.elapsed().saturating_sub(Duration::from_secs(6)));
             break;
         }
         assert!(paused.elapsed() < Duration::from_secs(6 + 5), "traffic did not recover within 5 s of the pause");
