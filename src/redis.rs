@@ -21,11 +21,12 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// messages to the broker. fred's default (32) loses a burst (`Lagged`, counted in
 /// `wss_broker_lagged`). fred pre-allocates this many slots for each of a client's ~9 event
 /// channels, so it costs memory whether used or not: 65,536 on both clients held 105 MiB RSS
-/// before the first connection (~47 MiB per client), against 10 MiB for an embedded node. Only
-/// the subscriber gets a large capacity; 8,192 slots cost ~6 MiB and keep an idle Redis-backed
-/// node under 20 MiB (scripts/bench-idle-rss). A burst deeper than 8,192 messages is lost and
-/// counted, never blocks: `subscriber_lag_under_burst` below measures how deep one gets.
-pub const SUBSCRIBER_BROADCAST_CAPACITY: usize = 8_192;
+/// before the first connection, against 10 MiB for an embedded node. Only the subscriber gets a
+/// large capacity. Measured (release, scripts/bench-idle-rss, medians of 3): 8,192 slots left an
+/// idle Redis-backed node at 20.6 MiB, 4,096 at 17.6 MiB; and at 4,096 the 30,000 msgs/s
+/// cross-node benchmark (scripts/bench-cross-node, 3 runs) lagged 0 messages on both nodes. A
+/// burst deeper than this is lost and counted, never blocks.
+pub const SUBSCRIBER_BROADCAST_CAPACITY: usize = 4_096;
 
 /// Which pub/sub commands carry envelopes on a Cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
