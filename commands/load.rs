@@ -34,7 +34,7 @@ const PROGRESS_TICK: Duration = Duration::from_secs(1);
 Thresholds (--assert, repeatable): METRIC OP VALUE with OP one of < <= > >= = !=, durations in ms/s.\n\
   metrics: p50 p90 p99 p99.9 max mean connect_p50 connect_p99 connect_max lost duplicated reordered\n\
            sent delivered delivered_per_s sent_per_s connected never_connected reconnects errors unexpected_closes\n\
-           foreign late_sends, and with --ack: lost_after_ack unanswered refused acked_offline ack_p50 ack_p99 ack_max\n\
+           foreign echoed late_sends, and with --ack: lost_after_ack unanswered refused acked_offline ack_p50 ack_p99 ack_max\n\
 Exit codes: 0 ok, 1 error, 3 frames arrived but none was a message of this run (the table shows\n\
   their types and an example), 99 a threshold failed.\n\
 Examples:\n  wsctl load --spawn-local\n  \
@@ -43,7 +43,9 @@ wsctl load --profile profiles/chat-10k.yaml --url ws://127.0.0.1:8081/ws --url w
 wsctl load --profile p.yaml --shard 1/2 --json a.json   (and 2/2 into b.json, then)  wsctl load merge a.json b.json\n  \
 wsctl load --url ws://127.0.0.1:8081/ws --ack --assert lost_after_ack=0 --assert unanswered=0 --assert 'ack_max<3s'\n  \
 wsctl load --url ws://127.0.0.1:8081/ws --duration 60s --json run.json --csv run.csv && wsctl load plot run.json -o run.svg\n  \
-wsctl load --url ws://127.0.0.1:8081/ws --reconnect --resume --assert lost=0 --assert duplicated=0   (server with --history)"
+wsctl load --url ws://127.0.0.1:8081/ws --reconnect --resume --assert lost=0 --assert duplicated=0   (server with --history)\n  \
+wsctl load --url ws://127.0.0.1:8081/ws --url ws://127.0.0.1:8082/ws --pattern room --rooms 100 --room-size 50 --rate 0.2 --assert lost=0 --assert echoed=0\n  \
+WSS_API_KEY=secret wsctl load --url ws://127.0.0.1:8081/ws --api-publish 200/s --assert lost=0   (server with --api-key)"
 )]
 pub struct LoadArgs {
     #[command(subcommand)]
@@ -113,9 +115,27 @@ pub struct RunArgs {
     /// Messages per second for the whole run, split over the connections (overrides --rate).
     #[arg(long)]
     pub total_rate: Option<String>,
-    /// Receivers: random, ring, hot, self-node, cross-node. [default: random]
+    /// Receivers: random, ring, hot, self-node, cross-node, room (with --rooms and --room-size). [default: random]
     #[arg(long)]
     pub pattern: Option<String>,
+    /// With --pattern room: how many rooms. Users are --rooms x --room-size (--clients may be left out).
+    #[arg(long)]
+    pub rooms: Option<u32>,
+    /// With --pattern room: users per room. Each connection joins its user's room and sends
+    /// room_message; every other member connection must get each message once, the sender none.
+    #[arg(long)]
+    pub room_size: Option<u32>,
+    /// Room names are PREFIX<index>. [default: load-room-]
+    #[arg(long)]
+    pub room_prefix: Option<String>,
+    /// Also publish through the server's HTTP API (POST /api/publish) at this many messages per
+    /// second for the whole run, to random users (or rooms with --pattern room); audited with the
+    /// rest. Needs --api-key.
+    #[arg(long)]
+    pub api_publish: Option<String>,
+    /// Bearer key of the server's HTTP API.
+    #[arg(long, env = "WSS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Receivers of the hot pattern. [default: 10]
     #[arg(long)]
     pub hot_users: Option<u32>,
@@ -210,6 +230,15 @@ fn build_config(args: &RunArgs, profile: &Profile, file: &Path) -> anyhow::Resul
     set!(user_prefix, args.user_prefix.clone(), p.user_prefix.clone());
     set!(connect_timeout, args.connect_timeout, p.field(file, "connect-timeout", &p.connect_timeout, dur)?);
     set!(pattern, args.pattern.as_deref().map(Pattern::parse).transpose()?, p.field(file, "pattern", &p.pattern, Pattern::parse)?);
+    set!(rooms, args.rooms, p.rooms);
+    set!(room_size, args.room_size, p.room_size);
+    set!(room_prefix, args.room_prefix.clone(), p.room_prefix.clone());
+    set!(api_publish, args.api_publish.as_deref().map(parse_rate).transpose()?, p.field(file, "api-publish", &p.api_publish, parse_rate)?);
+    c.api_key = args.api_key.clone();
+    if c.pattern == Pattern::Room && args.clients.is_none() && p.clients.is_none() {
+        // A room run's users are its rooms' members.
+        c.clients = c.rooms.saturating_mul(c.room_size);
+    }
     set!(source_ips, args.source_ip.as_deref().map(parse_source_ips).transpose()?, p.field(file, "source-ip", &p.source_ip, parse_source_ips)?);
     if let Some(s) = &args.shard {
         c.shard = parse_shard(s)?;
@@ -436,11 +465,14 @@ fn summary(r: &Report) -> Table {
     match r.diagnosis {
         Diagnosis::NothingArrived => rows.push(("audit", format!("NOT MEASURED: {} messages sent and not one frame came back from the server", m.sent))),
         Diagnosis::NothingRecognized => rows.push(("audit", "NOT MEASURED: frames came back, but none was a message of this run (see frames)".to_string())),
-        _ => rows.push(("audit", format!("{} owed, {} received, {} lost, {} duplicated, {} reordered", a.expected, a.received, a.lost, a.duplicated, a.reordered))),
+        _ => rows.push(("audit", audit_row(r))),
     }
     rows.push(("frames", frames_row(&r.frames)));
     if let Some(k) = &r.acks {
         rows.push(("acks (--ack)", acks_row(k)));
+    }
+    if let Some(k) = &r.api {
+        rows.push(("API publishes", api_row(k)));
     }
     rows.extend([
         ("offline", format!("{} sent to offline users ({} arrived anyway), {} owed to reconnecting connections, {} sends missed", a.sent_to_offline, a.offline_delivered, a.missed_while_offline, m.missed_sends)),
@@ -452,6 +484,25 @@ fn summary(r: &Report) -> Table {
         t.add_row(vec![Cell::new(k), Cell::new(v)]);
     }
     t
+}
+
+fn audit_row(r: &Report) -> String {
+    let a = &r.audit;
+    let mut out = format!("{} owed, {} received, {} lost, {} duplicated, {} reordered", a.expected, a.received, a.lost, a.duplicated, a.reordered);
+    if r.run.pattern == "room" {
+        out.push_str(&format!("\n{} echoed back to their sender (must be 0)", a.echoed));
+    }
+    out
+}
+
+fn api_row(k: &wsctl::load::ApiStats) -> String {
+    let map = |m: &std::collections::BTreeMap<String, u64>| if m.is_empty() { "none".to_string() } else { m.iter().map(|(c, n)| format!("{c}: {n}")).collect::<Vec<_>>().join(", ") };
+    let l = &k.latency_ms;
+    format!(
+        "{} of {:.1}/s made: {} reached someone, {} no one, refused {}, failed {}, {} skipped (too many waiting)\n\
+         request latency p50 {:.2}  p99 {:.2}  max {:.2} ms",
+        k.sent, k.rate, k.online, k.offline, map(&k.refused), map(&k.failed), k.skipped, l.p50_ms, l.p99_ms, l.max_ms
+    )
 }
 
 fn frames_row(f: &wsctl::load::FrameStats) -> String {

@@ -659,7 +659,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__load)
-            opts="-c -d -h -V --profile --url --spawn-local --clients --connections-per-user --ramp --duration --rate --total-rate --pattern --hot-users --payload-size --heartbeat --latency-report --source-ip --reconnect --resume --drain --user-prefix --connect-timeout --shard --ack --json --csv --assert --quiet --log-format --threads --help --version merge plot help"
+            opts="-c -d -h -V --profile --url --spawn-local --clients --connections-per-user --ramp --duration --rate --total-rate --pattern --rooms --room-size --room-prefix --api-publish --api-key --hot-users --payload-size --heartbeat --latency-report --source-ip --reconnect --resume --drain --user-prefix --connect-timeout --shard --ack --json --csv --assert --quiet --log-format --threads --help --version merge plot help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -706,6 +706,26 @@ _wsctl() {
                     return 0
                     ;;
                 --pattern)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --rooms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --room-size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --room-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-publish)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -3,6 +3,10 @@
 //! connection up. Each receiver connection tracks what it saw per sender; at the end the senders'
 //! counts say what every receiver connection should have seen, and the difference is exact:
 //! lost, duplicated, reordered, and, apart, messages sent while a receiver was offline.
+//!
+//! Rooms (`--pattern room`) use the same books with the room in place of the receiver user:
+//! a sequence per (sender connection, room), owed to every other member connection up when it
+//! was sent. A sender's own message coming back to it is counted as `echoed`.
 
 use rustc_hash::FxHashMap;
 
@@ -138,6 +142,8 @@ pub struct ReceiverAudit {
     pub offline_delivered: u64,
     /// Stamps out of [`StampBounds`]: skipped.
     pub foreign: u64,
+    /// This connection's own room messages delivered back to it (the sender must get none).
+    pub echoed: u64,
 }
 
 /// How one delivery was classified.
@@ -215,25 +221,34 @@ pub struct AuditTotals {
     /// out of bounds): skipped by the audit. Non-zero means a confused or hostile server.
     #[serde(default)]
     pub foreign: u64,
-    /// Receiver connections with anything lost, duplicated or reordered.
+    /// Room messages delivered back to the connection that sent them (`--pattern room`).
+    #[serde(default)]
+    pub echoed: u64,
+    /// Receiver connections with anything lost, duplicated, reordered or echoed.
     pub receivers_with_issues: u64,
 }
 
-/// What a sender slot sent: per receiver user (local index), messages with a sequence.
+/// What a sender slot sent: per audience (receiver user, or room, by local index), messages
+/// with a sequence.
 pub type SentCounts = FxHashMap<u32, u32>;
 
 /// Inputs for one sender slot at the end of the run.
 pub struct SenderAuditInput<'a> {
     pub slot: u32,
     pub counts: &'a SentCounts,
-    /// (receiver user, seq) of sends the server did not accept for delivery (`--ack`).
+    /// (audience, seq) of sends the server did not accept for delivery (`--ack`).
     pub not_accepted: &'a [(u32, u32)],
+    /// Sends not accepted are not owed at all, rather than only kept out of `lost_after_ack`:
+    /// for the API publisher, whose every request gets a definite answer.
+    pub unowed_when_refused: bool,
 }
 
 /// Inputs for one receiver slot at the end of the run.
 pub struct SlotAuditInput<'a> {
     pub slot: u32,
     pub user: u32,
+    /// What it is owed from: its user, or its user's room.
+    pub audience: u32,
     pub audit: &'a ReceiverAudit,
     pub missed_while_offline: u64,
 }
@@ -253,9 +268,10 @@ pub struct Conclusion {
     pub refused_arrived: u64,
 }
 
-/// Joins senders' counts with receivers' observations.
+/// Joins senders' counts with receivers' observations. `audiences` is the number of receiver
+/// users (or rooms); a receiver is never owed its own sends.
 pub fn conclude<'a>(
-    users: u32,
+    audiences: u32,
     connections_per_user: u32,
     senders: impl Iterator<Item = SenderAuditInput<'a>>,
     receivers: impl Iterator<Item = SlotAuditInput<'a>>,
@@ -263,34 +279,37 @@ pub fn conclude<'a>(
     sent_to_offline: u64,
 ) -> Conclusion {
     // Owed to each user, by sender slot; and what was owed but not accepted.
-    let mut owed: Vec<Vec<(u32, u32)>> = vec![Vec::new(); users as usize];
-    let mut refused: Vec<Vec<(u32, u32)>> = vec![Vec::new(); users as usize];
+    let mut owed: Vec<Vec<(u32, u32)>> = vec![Vec::new(); audiences as usize];
+    let mut refused: Vec<Vec<(u32, u32, bool)>> = vec![Vec::new(); audiences as usize];
     for s in senders {
         for (&user, &n) in s.counts {
             owed[user as usize].push((s.slot, n));
         }
         for &(user, seq) in s.not_accepted {
-            refused[user as usize].push((s.slot, seq));
+            refused[user as usize].push((s.slot, seq, s.unowed_when_refused));
         }
     }
     let mut c = Conclusion { totals: AuditTotals { sent_to_offline, ..AuditTotals::default() }, ..Conclusion::default() };
     for r in receivers {
         let mut expected = 0u64;
         let mut received = 0u64;
-        for &(sender, n) in &owed[r.user as usize] {
+        for &(sender, n) in owed[r.audience as usize].iter().filter(|(s, _)| *s != r.slot) {
             expected += u64::from(n);
             received += r.audit.pairs.get(&sender).map_or(0, |p| u64::from(p.unique.min(n)));
         }
-        let expected_here = expected.saturating_sub(r.missed_while_offline);
-        let lost = expected_here.saturating_sub(received);
-        let (mut refused_missing, mut refused_arrived) = (0u64, 0u64);
-        for &(sender, seq) in &refused[r.user as usize] {
+        let (mut refused_missing, mut refused_arrived, mut unowed, mut unowed_arrived) = (0u64, 0u64, 0u64, 0u64);
+        for &(sender, seq, not_owed) in refused[r.audience as usize].iter().filter(|(s, _, _)| *s != r.slot) {
             // Too old for the window to tell: counted as missing, so never as lost after ack.
-            match r.audit.pairs.get(&sender).map_or(Some(false), |p| p.seen(seq)) {
-                Some(true) => refused_arrived += 1,
-                _ => refused_missing += 1,
+            let arrived = r.audit.pairs.get(&sender).map_or(Some(false), |p| p.seen(seq)) == Some(true);
+            match (not_owed, arrived) {
+                (true, _) => (unowed, unowed_arrived) = (unowed + 1, unowed_arrived + u64::from(arrived)),
+                (false, true) => refused_arrived += 1,
+                (false, false) => refused_missing += 1,
             }
         }
+        let received = received.saturating_sub(unowed_arrived);
+        let expected_here = expected.saturating_sub(r.missed_while_offline).saturating_sub(unowed);
+        let lost = expected_here.saturating_sub(received);
         c.lost_after_ack += lost.saturating_sub(refused_missing);
         c.refused_arrived += refused_arrived;
         let t = &mut c.totals;
@@ -302,7 +321,8 @@ pub fn conclude<'a>(
         t.missed_while_offline += r.missed_while_offline;
         t.offline_delivered += r.audit.offline_delivered;
         t.foreign += r.audit.foreign;
-        if lost + r.audit.duplicated + r.audit.reordered > 0 {
+        t.echoed += r.audit.echoed;
+        if lost + r.audit.duplicated + r.audit.reordered + r.audit.echoed > 0 {
             t.receivers_with_issues += 1;
             c.listed.push(ConnectionAudit {
                 user: names[r.user as usize].to_string(),
@@ -345,8 +365,8 @@ mod tests {
         let c = conclude(
             2,
             1,
-            [SenderAuditInput { slot: 1, counts: &sent, not_accepted: &refused }].into_iter(),
-            [SlotAuditInput { slot: 0, user: 0, audit: &a, missed_while_offline: 0 }].into_iter(),
+            [SenderAuditInput { slot: 1, counts: &sent, not_accepted: &refused, unowed_when_refused: false }].into_iter(),
+            [SlotAuditInput { slot: 0, user: 0, audience: 0, audit: &a, missed_while_offline: 0 }].into_iter(),
             &names,
             0,
         );
@@ -354,6 +374,40 @@ mod tests {
         assert_eq!((t.expected, t.received, t.lost, t.duplicated, t.reordered), (6, 4, 2, 1, 1));
         assert_eq!((c.lost_after_ack, c.refused_arrived), (1, 1), "seq 4 was accepted and lost");
         assert_eq!(c.listed.len(), 1);
+    }
+
+    #[test]
+    fn a_room_owes_every_member_but_the_sender() {
+        // Room 0: slots 0, 1, 2. Slot 0 sent 3, slot 1 sent 2. Slot 2 saw everything; slot 1 saw
+        // slot 0's messages and one of its own (an echo); slot 0 saw one of slot 1's.
+        let (s0, s1): (SentCounts, SentCounts) = ([(0u32, 3u32)].into_iter().collect(), [(0u32, 2u32)].into_iter().collect());
+        let mut a = [ReceiverAudit::default(), ReceiverAudit::default(), ReceiverAudit::default()];
+        a[0].record(B, 1, 0);
+        for q in 0..3 {
+            a[1].record(B, 0, q);
+            a[2].record(B, 0, q);
+        }
+        a[1].echoed += 1;
+        for q in 0..2 {
+            a[2].record(B, 1, q);
+        }
+        let names = vec!["u0".into(), "u1".into(), "u2".into()];
+        let c = conclude(
+            1,
+            1,
+            [
+                SenderAuditInput { slot: 0, counts: &s0, not_accepted: &[], unowed_when_refused: false },
+                SenderAuditInput { slot: 1, counts: &s1, not_accepted: &[(0, 1)], unowed_when_refused: true },
+            ].into_iter(),
+            (0..3u32).map(|k| SlotAuditInput { slot: k, user: k, audience: 0, audit: &a[k as usize], missed_while_offline: 0 }),
+            &names,
+            0,
+        );
+        let t = &c.totals;
+        // Slot 1's second message was refused with a definite answer (an API publish): owed to
+        // no one. Owed: slot 0 -> 1 (from slot 1), slot 1 -> 3, slot 2 -> 4 (it got the refused
+        // one anyway, which is not counted either).
+        assert_eq!((t.expected, t.received, t.lost, t.echoed, t.receivers_with_issues), (8, 8, 0, 1, 1));
     }
 
     #[test]

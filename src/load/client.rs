@@ -22,7 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::acks::{AckWindow, Verdict};
 use super::audit::{ReceiverAudit, SentCounts, Seen};
 use super::report::{count_bounded, FrameStats};
-use super::schedule::{write_chat, OFFLINE_SEQ};
+use super::schedule::{write_chat, write_join, write_room, JOIN_ID, OFFLINE_SEQ};
 use super::wire::{self, Incoming, Unrecognized};
 use super::Shared;
 
@@ -194,7 +194,10 @@ async fn connected(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> bool {
     let slot = s.out.slot as usize;
     s.out.ever_connected = true;
     s.connected_since = Instant::now();
-    sh.online[slot].store(true, Relaxed);
+    // A room member is online once its join is acked (`on_message`).
+    if sh.plan.room_size == 0 {
+        sh.online[slot].store(true, Relaxed);
+    }
     let up = sh.live.connected.fetch_add(1, Relaxed) + 1;
     sh.live.peak.fetch_max(up, Relaxed);
     let end = drive(ws, sh, s).await;
@@ -264,6 +267,12 @@ async fn drive(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> End {
     let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
     let mut check = true;
+    if sh.plan.room_size > 0 {
+        let room = &sh.plan.room_names_json[sh.plan.room_of(s.user) as usize];
+        if let Err(e) = ws.send(Message::text(write_join(room))).await {
+            return End::Unexpected(classify(&e));
+        }
+    }
     loop {
         if check {
             check = false;
@@ -383,8 +392,10 @@ async fn send_due(ws: &mut Ws, sh: &Shared, s: &mut Slot, now: Instant) -> Resul
     s.last_send_wake = now;
     let (mut sent, mut owed) = (0u32, 0u64);
     while next <= now && next < s.send_end {
-        if next < s.connected_since {
-            // This user was offline then: a real client would not have sent it.
+        let not_member = sh.plan.room_size > 0 && !sh.online[s.out.slot as usize].load(Relaxed);
+        if next < s.connected_since || not_member {
+            // This user was offline then (or not yet in its room): a real client would not have
+            // sent it.
             s.out.missed_sends += 1;
         } else {
             let (to, seq, up) = pick_and_count(sh, s);
@@ -395,7 +406,11 @@ async fn send_due(ws: &mut Ws, sh: &Shared, s: &mut Slot, now: Instant) -> Resul
             let id = s.out.acks.as_mut().map(|a| a.send(to, seq, now));
             let intended = next.duration_since(sh.epoch).as_nanos() as u64;
             let mut frame = String::with_capacity(sh.frame_capacity);
-            write_chat(&mut frame, &sh.plan.names_json[to as usize], s.out.slot, seq, intended, &sh.padding, id);
+            if sh.plan.room_size > 0 {
+                write_room(&mut frame, &sh.plan.room_names_json[to as usize], s.out.slot, seq, intended, &sh.padding, id);
+            } else {
+                write_chat(&mut frame, &sh.plan.names_json[to as usize], s.out.slot, seq, intended, &sh.padding, id);
+            }
             ws.feed(Message::text(frame)).await?;
             sent += 1;
         }
@@ -412,8 +427,15 @@ async fn send_due(ws: &mut Ws, sh: &Shared, s: &mut Slot, now: Instant) -> Resul
 }
 
 /// Picks a receiver and its audit sequence; returns (receiver, seq, its connections up). A
-/// receiver with every connection down gets [`OFFLINE_SEQ`], kept out of the audit.
+/// receiver with every connection down gets [`OFFLINE_SEQ`], kept out of the audit. With rooms
+/// the receiver is the sender's room, and the connections up its other joined members.
 fn pick_and_count(sh: &Shared, s: &mut Slot) -> (u32, i64, u32) {
+    if sh.plan.room_size > 0 {
+        let room = sh.plan.room_of(s.user);
+        let members = sh.plan.room_slots(room);
+        let except = Some(s.out.slot);
+        return count_sequence(sh, &mut s.out.sent_counts, &mut s.out.sent_to_offline, room, members, except);
+    }
     let c = sh.plan.connections_per_user;
     let to = sh.plan.pick(s.user, &mut s.rng);
     let first = to * c;
@@ -423,19 +445,29 @@ fn pick_and_count(sh: &Shared, s: &mut Slot) -> (u32, i64, u32) {
         *n += 1;
         return (to, i64::from(*n - 1), c);
     }
-    let up = (first..first + c).filter(|&k| sh.online[k as usize].load(Relaxed)).count() as u32;
+    count_sequence(sh, &mut s.out.sent_counts, &mut s.out.sent_to_offline, to, first..first + c, None)
+}
+
+/// The next sequence for audience `to` (a user, or a room) whose connections are `slots`, less
+/// the sender's own (`except`); every connection down is owed it as missed while offline.
+pub(crate) fn count_sequence(
+    sh: &Shared,
+    counts: &mut SentCounts,
+    sent_to_offline: &mut u64,
+    to: u32,
+    slots: std::ops::Range<u32>,
+    except: Option<u32>,
+) -> (u32, i64, u32) {
+    let slots = slots.filter(|&k| Some(k) != except);
+    let up = slots.clone().filter(|&k| sh.online[k as usize].load(Relaxed)).count() as u32;
     if up == 0 {
-        s.out.sent_to_offline += 1;
+        *sent_to_offline += 1;
         return (to, OFFLINE_SEQ, 0);
     }
-    if up < c {
-        for k in first..first + c {
-            if !sh.online[k as usize].load(Relaxed) {
-                sh.missed[k as usize].fetch_add(1, Relaxed);
-            }
-        }
+    for k in slots.filter(|&k| !sh.online[k as usize].load(Relaxed)) {
+        sh.missed[k as usize].fetch_add(1, Relaxed);
     }
-    let n = s.out.sent_counts.entry(to).or_insert(0);
+    let n = counts.entry(to).or_insert(0);
     *n += 1;
     (to, i64::from(*n - 1), up)
 }
@@ -471,7 +503,9 @@ fn on_message(sh: &Shared, s: &mut Slot, m: Message) -> Option<u16> {
         }
         Incoming::Ack { id, online } => {
             count_bounded(&mut s.out.frames.by_type, "ack", 1);
-            if let Some(id) = id {
+            if sh.plan.room_size > 0 && id == Some(i128::from(JOIN_ID)) {
+                sh.online[s.out.slot as usize].store(true, Relaxed);
+            } else if let Some(id) = id {
                 on_answer(sh, s, id, Verdict::Ack { online }, text);
             }
         }
@@ -483,7 +517,7 @@ fn on_message(sh: &Shared, s: &mut Slot, m: Message) -> Option<u16> {
             count_bounded(&mut s.out.server_errors, &code, 1);
             sh.live.errors.fetch_add(1, Relaxed);
             sh.live.count_error(&code);
-            if let Some(id) = id {
+            if let Some(id) = id.filter(|&id| sh.plan.room_size == 0 || id != i128::from(JOIN_ID)) {
                 on_answer(sh, s, id, Verdict::Refused(&code), text);
             }
         }
@@ -523,6 +557,11 @@ fn unrecognized(s: &mut Slot, why: Unrecognized, text: &str) {
 
 /// A delivered message: bounds-checked, audited, timed.
 fn on_stamp(sh: &Shared, s: &mut Slot, sender_slot: i128, seq: i128, intended_ns: i128, text: &str) {
+    if sh.plan.room_size > 0 && sender_slot == i128::from(s.out.slot) {
+        // A room message is never for the connection that sent it.
+        s.out.audit.echoed += 1;
+        return;
+    }
     let now = sh.epoch.elapsed().as_nanos() as u64;
     // A send time in the future (or not a time) is no stamp of ours either.
     let Some(intended) = u64::try_from(intended_ns).ok().filter(|&t| t <= now) else {

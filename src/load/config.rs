@@ -32,6 +32,9 @@ pub enum Pattern {
     SelfNode,
     /// A user whose first connection is on another URL: every message crosses the broker.
     CrossNode,
+    /// Users in rooms of `room_size` (`rooms` of them): every connection joins its user's room
+    /// and sends `room_message`s to it; every other member connection is owed each message.
+    Room,
 }
 
 impl Pattern {
@@ -42,10 +45,11 @@ impl Pattern {
             "hot" => Ok(Pattern::Hot),
             "self-node" | "self_node" | "selfnode" => Ok(Pattern::SelfNode),
             "cross-node" | "cross_node" | "crossnode" => Ok(Pattern::CrossNode),
+            "room" | "rooms" => Ok(Pattern::Room),
             _ => Err(ConfigError::Invalid {
                 what: "pattern",
                 value: s.to_string(),
-                hint: "one of random, ring, hot, self-node, cross-node",
+                hint: "one of random, ring, hot, self-node, cross-node, room",
             }),
         }
     }
@@ -57,6 +61,7 @@ impl Pattern {
             Pattern::Hot => "hot",
             Pattern::SelfNode => "self-node",
             Pattern::CrossNode => "cross-node",
+            Pattern::Room => "room",
         }
     }
 }
@@ -108,6 +113,16 @@ pub struct LoadConfig {
     /// With `reconnect`: reconnect with `since=<last offset>&epoch=<epoch>` (server history);
     /// everything sent to a user while its connection was down is then owed to it.
     pub resume: bool,
+    /// `Pattern::Room`: how many rooms, and users per room (`clients` = rooms x room_size).
+    pub rooms: u32,
+    pub room_size: u32,
+    /// Room names are `<room_prefix><global room index>`.
+    pub room_prefix: String,
+    /// Publishes per second through the server's HTTP API (`POST /api/publish`), for the whole
+    /// run, beside the socket traffic; 0: none. Needs `api_key`.
+    pub api_publish: f64,
+    /// Bearer key for the HTTP API.
+    pub api_key: Option<String>,
 }
 
 impl LoadConfig {
@@ -133,14 +148,32 @@ impl LoadConfig {
             connect_timeout: Duration::from_secs(10),
             ack: false,
             resume: false,
+            rooms: 0,
+            room_size: 0,
+            room_prefix: "load-room-".to_string(),
+            api_publish: 0.0,
+            api_key: None,
         }
     }
 
     /// The global user indexes this shard owns: a contiguous slice, so shards never overlap.
+    /// With rooms, shards split the rooms, so a room never spans two processes.
     pub fn user_range(&self) -> std::ops::Range<u32> {
         let (i, n) = self.shard;
+        if self.pattern == Pattern::Room {
+            let r = self.room_range();
+            return r.start * self.room_size..r.end * self.room_size;
+        }
         let lo = (u64::from(self.clients) * u64::from(i) / u64::from(n)) as u32;
         let hi = (u64::from(self.clients) * u64::from(i + 1) / u64::from(n)) as u32;
+        lo..hi
+    }
+
+    /// The global room indexes this shard owns (`Pattern::Room`).
+    pub fn room_range(&self) -> std::ops::Range<u32> {
+        let (i, n) = self.shard;
+        let lo = (u64::from(self.rooms) * u64::from(i) / u64::from(n)) as u32;
+        let hi = (u64::from(self.rooms) * u64::from(i + 1) / u64::from(n)) as u32;
         lo..hi
     }
 
@@ -245,12 +278,63 @@ impl LoadConfig {
         if self.pattern == Pattern::Hot && self.hot_users == 0 {
             return Err(ConfigError::Invalid { what: "hot-users", value: "0".into(), hint: "at least 1" });
         }
+        if self.pattern == Pattern::Room {
+            self.validate_rooms()?;
+        }
+        if self.api_publish != 0.0 {
+            self.validate_api()?;
+        }
         if self.pattern == Pattern::CrossNode && self.urls.len() < 2 {
             return Err(ConfigError::Invalid {
                 what: "pattern",
                 value: "cross-node".into(),
                 hint: "at least two --url for cross-node (one per node)",
             });
+        }
+        Ok(())
+    }
+
+    fn validate_rooms(&self) -> Result<(), ConfigError> {
+        if self.rooms == 0 || self.room_size < 2 {
+            return Err(ConfigError::Invalid {
+                what: "rooms",
+                value: format!("{} rooms of {}", self.rooms, self.room_size),
+                hint: "--rooms N (at least 1) and --room-size M (at least 2: a sender is not owed its own message)",
+            });
+        }
+        if u64::from(self.rooms) * u64::from(self.room_size) != u64::from(self.clients) {
+            return Err(ConfigError::Invalid {
+                what: "clients",
+                value: self.clients.to_string(),
+                hint: "with --pattern room, --clients is --rooms x --room-size (leave --clients out to get it)",
+            });
+        }
+        if self.shard.1 > self.rooms {
+            return Err(ConfigError::Invalid { what: "shard", value: format!("{}/{}", self.shard.0 + 1, self.shard.1), hint: "at most one shard per room" });
+        }
+        let last = format!("{}{}", self.room_prefix, self.rooms - 1);
+        if !crate::rooms::valid_name(&last) {
+            return Err(ConfigError::Invalid {
+                what: "room-prefix",
+                value: self.room_prefix.clone(),
+                hint: "room names are at most 128 bytes of A-Z a-z 0-9 _ . : @ -",
+            });
+        }
+        if self.resume {
+            return Err(ConfigError::Invalid { what: "resume", value: "--resume".into(), hint: "not with --pattern room: rooms keep no history" });
+        }
+        Ok(())
+    }
+
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        if !(self.api_publish.is_finite() && (MIN_RATE..=MAX_RATE).contains(&self.api_publish)) {
+            return Err(ConfigError::Invalid { what: "api-publish", value: self.api_publish.to_string(), hint: "between 0.000001/s and 1000000/s (0: off)" });
+        }
+        if self.api_key.as_deref().is_none_or(str::is_empty) {
+            return Err(ConfigError::Missing("--api-key (or WSS_API_KEY) with --api-publish"));
+        }
+        if self.resume {
+            return Err(ConfigError::Invalid { what: "api-publish", value: self.api_publish.to_string(), hint: "not with --resume" });
         }
         Ok(())
     }
@@ -269,9 +353,11 @@ impl LoadConfig {
         Ok(())
     }
 
-    /// Most messages one connection can send in the run: no sequence number can reach it.
+    /// Most messages one sender (a connection, or the API publisher) can send to one receiver
+    /// in the run: no sequence number can reach it.
     pub fn max_sends_per_connection(&self) -> u32 {
-        let n = (self.rate_per_connection() * self.duration.as_secs_f64()).ceil() + 2.0;
+        let rate = self.rate_per_connection().max(self.api_publish);
+        let n = (rate * self.duration.as_secs_f64()).ceil() + 2.0;
         if n >= f64::from(u32::MAX) {
             u32::MAX
         } else {
@@ -417,6 +503,13 @@ pub struct Profile {
     pub ack: Option<bool>,
     /// Resume from the last offset on reconnect (`--resume`).
     pub resume: Option<bool>,
+    /// `pattern: room`: rooms, users per room, room name prefix.
+    pub rooms: Option<u32>,
+    pub room_size: Option<u32>,
+    pub room_prefix: Option<String>,
+    /// Publishes per second through the HTTP API (`--api-publish`); the key comes from
+    /// `--api-key` or `WSS_API_KEY`, never from a profile.
+    pub api_publish: Option<String>,
     /// Thresholds, as `--assert`.
     #[serde(default)]
     pub assert: Vec<String>,

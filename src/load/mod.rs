@@ -14,10 +14,12 @@
 //! - [`audit`]: lost / duplicated / reordered per receiver connection, bounded against hostile
 //!   numbers.
 //! - [`acks`]: `--ack`: server answers per send, and what the audit must not call lost.
+//! - `api`: `--api-publish`: publishes through the server's HTTP API, audited with the rest.
 //! - [`report`]: [`Report`], merging, thresholds, the per-second series.
 //! - [`plot`]: the series drawn as an SVG.
 
 pub mod acks;
+mod api;
 pub mod audit;
 mod client;
 pub mod config;
@@ -40,7 +42,7 @@ use tokio_util::task::TaskTracker;
 
 pub use audit::{AuditTotals, ConnectionAudit};
 pub use config::{ConfigError, LoadConfig, Pattern, Profile, Rate};
-pub use report::{AckStats, Assertion, AssertionResult, Diagnosis, FrameStats, Percentiles, Report, SeriesPoint};
+pub use report::{AckStats, ApiStats, Assertion, AssertionResult, Diagnosis, FrameStats, Percentiles, Report, SeriesPoint};
 
 use audit::{SenderAuditInput, SlotAuditInput, StampBounds};
 use client::SlotOutcome;
@@ -343,12 +345,18 @@ pub async fn run(config: LoadConfig, live: Arc<Live>, stop: CancellationToken, f
     shared.control.iter().for_each(tokio::sync::Notify::notify_one);
     live.set_phase(Phase::Running);
     let send_end = start + shared.config.duration;
+    let api = (shared.config.api_publish > 0.0).then(|| tokio::spawn(api::run(shared.clone(), start, send_end, stop.clone())));
     tokio::select! {
         _ = tokio::time::sleep_until(send_end) => {}
         _ = stop.cancelled() => {}
     }
     let sending_ended = Instant::now().min(send_end);
     drain(&shared, send_end).await;
+    // Ends by itself: its last answers are bounded by api::API_TIMEOUT.
+    let api = match api {
+        Some(h) => h.await.ok(),
+        None => None,
+    };
 
     live.set_phase(Phase::Closing);
     shared.close.cancel();
@@ -360,7 +368,7 @@ pub async fn run(config: LoadConfig, live: Arc<Live>, stop: CancellationToken, f
     live.set_phase(Phase::Done);
     // Rates are over the send window: what was delivered during the drain was sent inside it.
     let traffic_seconds = sending_ended.saturating_duration_since(start).as_secs_f64();
-    let mut report = build_report(&shared, &live, outcomes, connected_at_start, traffic_seconds);
+    let mut report = build_report(&shared, &live, outcomes, api, connected_at_start, traffic_seconds);
     report.run.traffic_start_s = start.saturating_duration_since(run_start).as_secs_f64();
     if let (Some(before), Some(after)) = (rss_before, rss_connected) {
         report.connections.rss_kib_per_connection = (connected_at_start > 0).then(|| after.saturating_sub(before) as f64 / connected_at_start as f64);
@@ -393,7 +401,8 @@ impl Shared {
         Shared {
             padding: "x".repeat(config.payload_size),
             frame_capacity: FRAME_OVERHEAD + longest_name + config.payload_size,
-            bounds: StampBounds { slots, max_seq: config.max_sends_per_connection() },
+            // The API publisher stamps as one more sender, slot `slots`.
+            bounds: StampBounds { slots: slots + u32::from(config.api_publish > 0.0), max_seq: config.max_sends_per_connection() },
             ws_config: WebSocketConfig::default()
                 .read_buffer_size(READ_BUFFER)
                 .write_buffer_size(WRITE_BUFFER)
@@ -505,7 +514,7 @@ async fn finish(handles: Vec<tokio::task::JoinHandle<SlotOutcome>>) -> Vec<SlotO
     outcomes
 }
 
-fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, connected_at_start: u64, traffic_seconds: f64) -> Report {
+fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, api: Option<api::ApiOutcome>, connected_at_start: u64, traffic_seconds: f64) -> Report {
     let cfg = &sh.config;
     let (connections, mut messages, frames, mut acks) = fold_outcomes(sh, live, &outcomes, connected_at_start);
     messages.traffic_seconds = traffic_seconds;
@@ -513,18 +522,25 @@ fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, connected_
         messages.sent_per_s = messages.sent as f64 / traffic_seconds;
         messages.delivered_per_s = messages.delivered as f64 / traffic_seconds;
     }
-    let sent_to_offline = outcomes.iter().map(|o| o.sent_to_offline).sum();
+    let sent_to_offline = outcomes.iter().map(|o| o.sent_to_offline).sum::<u64>() + api.as_ref().map_or(0, |a| a.sent_to_offline);
+    let rooms = sh.plan.room_size > 0;
+    let api_sender = api.as_ref().map(|a| SenderAuditInput { slot: sh.plan.slots(), counts: &a.sent_counts, not_accepted: &a.not_accepted, unowed_when_refused: true });
     let conclusion = audit::conclude(
-        sh.plan.users,
+        if rooms { sh.plan.rooms() } else { sh.plan.users },
         sh.plan.connections_per_user,
-        outcomes.iter().map(|o| SenderAuditInput {
-            slot: o.slot,
-            counts: &o.sent_counts,
-            not_accepted: o.acks.as_ref().map_or(&[][..], |a| &a.not_accepted[..]),
-        }),
+        outcomes
+            .iter()
+            .map(|o| SenderAuditInput {
+                slot: o.slot,
+                counts: &o.sent_counts,
+                not_accepted: o.acks.as_ref().map_or(&[][..], |a| &a.not_accepted[..]),
+                unowed_when_refused: false,
+            })
+            .chain(api_sender),
         outcomes.iter().map(|o| SlotAuditInput {
             slot: o.slot,
             user: sh.plan.user_of(o.slot),
+            audience: if rooms { sh.plan.room_of(sh.plan.user_of(o.slot)) } else { sh.plan.user_of(o.slot) },
             audit: &o.audit,
             missed_while_offline: sh.missed[o.slot as usize].load(Relaxed),
         }),
@@ -539,6 +555,8 @@ fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, connected_
         a.refused_arrived = conclusion.refused_arrived;
         a.latency_ms = Percentiles::of(&ack_hist);
     }
+    let api_hist = api.as_ref().and_then(|a| a.latency.clone());
+    let api_stats = api.map(|a| ApiStats { latency_ms: a.latency.as_ref().map(Percentiles::of).unwrap_or_default(), ..a.stats });
     let (i, n) = cfg.shard;
     Report {
         run: RunInfo {
@@ -564,8 +582,10 @@ fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, connected_
             latency_us: encode_histogram(&latency),
             connect_us: encode_histogram(&connect),
             ack_us: if acks.is_some() { encode_histogram(&ack_hist) } else { String::new() },
+            api_us: api_hist.as_ref().map(encode_histogram).unwrap_or_default(),
         },
         acks,
+        api: api_stats,
         series: std::mem::take(&mut lock(&live.series).points),
     }
 }

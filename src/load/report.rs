@@ -279,6 +279,9 @@ pub struct Report {
     /// Present with `--ack`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acks: Option<AckStats>,
+    /// Present with `--api-publish`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiStats>,
     /// Per second of the run.
     #[serde(default)]
     pub series: Vec<SeriesPoint>,
@@ -293,6 +296,43 @@ pub struct SerializedHistograms {
     /// Send to ack (`--ack`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ack_us: String,
+    /// Request to answer of `POST /api/publish` (`--api-publish`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api_us: String,
+}
+
+/// `--api-publish`: messages published through the server's HTTP API (`POST /api/publish`)
+/// while the sockets run. Their deliveries are audited with the rest (sender `api`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ApiStats {
+    /// Publishes per second asked for.
+    pub rate: f64,
+    /// Requests made.
+    pub sent: u64,
+    /// Answered 200, and reaching someone (a user online; a room with members).
+    pub online: u64,
+    /// Answered 200, reaching no one.
+    pub offline: u64,
+    /// Answered with an error, by its `error` code (or `http_<status>` without one).
+    pub refused: BTreeMap<String, u64>,
+    /// No answer: connect or transport errors, timeouts.
+    pub failed: BTreeMap<String, u64>,
+    /// Due while the most requests allowed in flight were waiting: not made.
+    pub skipped: u64,
+    /// Request to answer.
+    pub latency_ms: Percentiles,
+}
+
+impl ApiStats {
+    pub(super) fn add(&mut self, o: &ApiStats) {
+        self.rate += o.rate;
+        self.sent += o.sent;
+        self.online += o.online;
+        self.offline += o.offline;
+        add_map(&mut self.refused, &o.refused);
+        add_map(&mut self.failed, &o.failed);
+        self.skipped += o.skipped;
+    }
 }
 
 /// Why reports cannot be merged or read.
@@ -330,6 +370,7 @@ pub fn decode_histogram(field: &'static str, text: &str) -> Result<Histogram<u64
 const LATENCY_FIELD: &str = "histograms.latency_us";
 const CONNECT_FIELD: &str = "histograms.connect_us";
 const ACK_FIELD: &str = "histograms.ack_us";
+const API_FIELD: &str = "histograms.api_us";
 
 impl Report {
     /// Decodes every serialized histogram, so a bad one is named before anything is merged.
@@ -337,6 +378,7 @@ impl Report {
         decode_histogram(LATENCY_FIELD, &self.histograms.latency_us)?;
         decode_histogram(CONNECT_FIELD, &self.histograms.connect_us)?;
         decode_histogram(ACK_FIELD, &self.histograms.ack_us)?;
+        decode_histogram(API_FIELD, &self.histograms.api_us)?;
         Ok(())
     }
 
@@ -344,7 +386,7 @@ impl Report {
     /// series added second by second.
     pub fn merge(reports: &[Report]) -> Result<Report, ReportError> {
         let first = reports.first().ok_or(ReportError::Empty)?;
-        let (mut lat, mut con, mut ack) = (new_histogram(), new_histogram(), new_histogram());
+        let (mut lat, mut con, mut ack, mut api) = (new_histogram(), new_histogram(), new_histogram(), new_histogram());
         let mut out = Report { run: first.run.clone(), ..Report::default() };
         out.run.shards.clear();
         for r in reports {
@@ -355,6 +397,7 @@ impl Report {
             add(&mut lat, LATENCY_FIELD, &r.histograms.latency_us)?;
             add(&mut con, CONNECT_FIELD, &r.histograms.connect_us)?;
             add(&mut ack, ACK_FIELD, &r.histograms.ack_us)?;
+            add(&mut api, API_FIELD, &r.histograms.api_us)?;
             out.run.shards.extend(r.run.shards.iter().cloned());
             for u in &r.run.urls {
                 if !out.run.urls.contains(u) {
@@ -368,11 +411,17 @@ impl Report {
             if let Some(a) = &r.acks {
                 out.acks.get_or_insert_with(AckStats::default).add(a);
             }
+            if let Some(a) = &r.api {
+                out.api.get_or_insert_with(ApiStats::default).add(a);
+            }
             merge_series(&mut out.series, &r.series);
             out.audit_receivers.extend(r.audit_receivers.iter().cloned());
         }
         out.audit_receivers.sort_by_key(|c| std::cmp::Reverse(c.lost + c.duplicated + c.reordered));
         out.audit_receivers.truncate(super::audit::MAX_LISTED_RECEIVERS);
+        if let Some(a) = &mut out.api {
+            a.latency_ms = Percentiles::of(&api);
+        }
         out.latency_ms = Percentiles::of(&lat);
         out.connect_ms = Percentiles::of(&con);
         if let Some(a) = &mut out.acks {
@@ -380,7 +429,8 @@ impl Report {
         }
         out.diagnosis = Diagnosis::of(out.messages.sent, &out.frames);
         let ack_us = if out.acks.is_some() { encode_histogram(&ack) } else { String::new() };
-        out.histograms = SerializedHistograms { latency_us: encode_histogram(&lat), connect_us: encode_histogram(&con), ack_us };
+        let api_us = if out.api.is_some() { encode_histogram(&api) } else { String::new() };
+        out.histograms = SerializedHistograms { latency_us: encode_histogram(&lat), connect_us: encode_histogram(&con), ack_us, api_us };
         Ok(out)
     }
 
@@ -428,6 +478,7 @@ impl Report {
             "errors" => errors as f64,
             "unexpected_closes" => self.connections.unexpected_closes.values().sum::<u64>() as f64,
             "foreign" => self.audit.foreign as f64,
+            "echoed" => self.audit.echoed as f64,
             "late_sends" => self.messages.late_sends as f64,
             _ => return self.ack_metric(name),
         })
@@ -504,6 +555,7 @@ impl AuditTotals {
         self.sent_to_offline += o.sent_to_offline;
         self.offline_delivered += o.offline_delivered;
         self.foreign += o.foreign;
+        self.echoed += o.echoed;
         self.receivers_with_issues += o.receivers_with_issues;
     }
 }
@@ -539,7 +591,7 @@ pub(super) fn add_samples(into: &mut BTreeMap<String, String>, from: &BTreeMap<S
 
 /// Metric names a threshold may use.
 pub const METRICS: &str = "p50 p90 p99 p99.9 max mean connect_p50 connect_p99 connect_max lost duplicated reordered \
-     sent delivered delivered_per_s sent_per_s connected never_connected reconnects errors unexpected_closes foreign late_sends \
+     sent delivered delivered_per_s sent_per_s connected never_connected reconnects errors unexpected_closes foreign echoed late_sends \
      lost_after_ack unanswered refused acked_offline ack_p50 ack_p99 ack_max";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -646,8 +698,8 @@ mod tests {
             a.record(v * 1000).unwrap();
         }
         b.record(1_000_000).unwrap();
-        let ra = Report { histograms: SerializedHistograms { latency_us: encode_histogram(&a), connect_us: String::new(), ack_us: String::new() }, ..Report::default() };
-        let rb = Report { histograms: SerializedHistograms { latency_us: encode_histogram(&b), connect_us: String::new(), ack_us: String::new() }, ..Report::default() };
+        let ra = Report { histograms: SerializedHistograms { latency_us: encode_histogram(&a), connect_us: String::new(), ack_us: String::new(), api_us: String::new() }, ..Report::default() };
+        let rb = Report { histograms: SerializedHistograms { latency_us: encode_histogram(&b), connect_us: String::new(), ack_us: String::new(), api_us: String::new() }, ..Report::default() };
         let m = Report::merge(&[ra, rb]).unwrap();
         assert_eq!(m.latency_ms.count, 101);
         assert!((m.latency_ms.max_ms - 1000.0).abs() < 1.0);
@@ -656,7 +708,7 @@ mod tests {
     #[test]
     fn bad_histogram_text_is_an_error_naming_the_field() {
         for bad in ["zz", "é0", "abc", "00ff"] {
-            let r = Report { histograms: SerializedHistograms { latency_us: String::new(), connect_us: bad.to_string(), ack_us: String::new() }, ..Report::default() };
+            let r = Report { histograms: SerializedHistograms { latency_us: String::new(), connect_us: bad.to_string(), ack_us: String::new(), api_us: String::new() }, ..Report::default() };
             let e = Report::merge(&[r]).unwrap_err().to_string();
             assert!(e.starts_with("field histograms.connect_us: "), "{bad}: {e}");
         }

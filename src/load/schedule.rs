@@ -24,6 +24,10 @@ pub struct Plan {
     pub names_json: Vec<Box<str>>,
     /// Local users by home target (the target of their first connection).
     by_home: Vec<Vec<u32>>,
+    /// `Pattern::Room`: users per room (local user `u` is in local room `u / room_size`), and
+    /// the rooms' names as JSON string literals, by local room index. Empty otherwise.
+    pub room_size: u32,
+    pub room_names_json: Vec<Box<str>>,
 }
 
 impl Plan {
@@ -36,7 +40,15 @@ impl Plan {
         for (local, g) in range.clone().enumerate() {
             by_home[g as usize % targets].push(local as u32);
         }
+        let (room_size, room_names_json) = if config.pattern == Pattern::Room {
+            let names = config.room_range().map(|r| serde_json::to_string(&format!("{}{r}", config.room_prefix)).expect("a string serializes").into_boxed_str());
+            (config.room_size, names.collect())
+        } else {
+            (0, Vec::new())
+        };
         Plan {
+            room_size,
+            room_names_json,
             first_user: range.start,
             users: range.len() as u32,
             connections_per_user: config.connections_per_user,
@@ -66,6 +78,22 @@ impl Plan {
         ((g + j) % self.targets as u64) as usize
     }
 
+    /// Rooms of this shard (0 without the room pattern).
+    pub fn rooms(&self) -> u32 {
+        self.room_names_json.len() as u32
+    }
+
+    /// The local room of local user `user` (`Pattern::Room`).
+    pub fn room_of(&self, user: u32) -> u32 {
+        user / self.room_size.max(1)
+    }
+
+    /// The connection slots of local room `room`'s members.
+    pub fn room_slots(&self, room: u32) -> std::ops::Range<u32> {
+        let c = self.connections_per_user;
+        room * self.room_size * c..((room + 1) * self.room_size).min(self.users) * c
+    }
+
     fn home(&self, user: u32) -> usize {
         (self.first_user + user) as usize % self.targets
     }
@@ -82,7 +110,8 @@ impl Plan {
             }
         };
         match self.pattern {
-            Pattern::Random => other(rng),
+            // Room senders address their room, not a user (see `room_of`).
+            Pattern::Random | Pattern::Room => other(rng),
             Pattern::Ring => (from + 1) % n,
             Pattern::Hot => {
                 let hot = self.hot_users.min(n);
@@ -144,6 +173,25 @@ pub fn write_chat(out: &mut String, receiver_json: &str, sender_slot: u32, seq: 
     out.push('}');
 }
 
+/// Writes a `room_message` frame into `out` (cleared first), with the same payload stamp as
+/// [`write_chat`]. `room_json` is the room's name as a JSON string literal.
+pub fn write_room(out: &mut String, room_json: &str, sender_slot: u32, seq: i64, intended_ns: u64, padding: &str, id: Option<u64>) {
+    out.clear();
+    let _ = write!(out, "{{\"type\":\"room_message\",\"room\":{room_json},\"payload\":[{sender_slot},{seq},{intended_ns},\"{padding}\"]");
+    if let Some(id) = id {
+        let _ = write!(out, ",\"id\":{id}");
+    }
+    out.push('}');
+}
+
+/// Id of a connection's `join` (acks of sends count from 1, so it never collides).
+pub const JOIN_ID: u64 = 0;
+
+/// Writes the `join` frame for `room_json` (a JSON string literal), asking for an ack.
+pub fn write_join(room_json: &str) -> String {
+    format!("{{\"type\":\"join\",\"room\":{room_json},\"id\":{JOIN_ID}}}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +209,25 @@ mod tests {
         assert_eq!((v["id"].as_u64(), &v["payload"]), (Some(9), &serde_json::json!([7, 42, 123456789, "xx"])));
         let env = format!(r#"{{"type":"chat_message","payload":{},"senderId":"x"}}"#, v["payload"]);
         assert!(matches!(crate::load::wire::parse(&env), crate::load::wire::Incoming::Stamped { sender_slot: 7, seq: 42, .. }));
+    }
+
+    #[test]
+    fn rooms_split_users_and_shards_never_share_a_room() {
+        let mut c = LoadConfig::new(vec!["ws://a:1/ws".into(), "ws://b:1/ws".into()]);
+        (c.pattern, c.rooms, c.room_size, c.clients, c.connections_per_user) = (Pattern::Room, 5, 4, 20, 2);
+        c.shard = (1, 2);
+        let plan = Plan::new(&c);
+        // Shard 2 of 2 owns rooms 2..5, users 8..20.
+        assert_eq!((plan.first_user, plan.users, plan.rooms()), (8, 12, 3));
+        assert_eq!(&*plan.room_names_json[0], "\"load-room-2\"");
+        assert_eq!((plan.room_of(0), plan.room_of(3), plan.room_of(4), plan.room_of(11)), (0, 0, 1, 2));
+        assert_eq!((plan.room_slots(0), plan.room_slots(2)), (0..8, 16..24));
+        let mut s = String::new();
+        write_room(&mut s, &plan.room_names_json[1], 3, 4, 5, "xx", Some(6));
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"room_message","room":"load-room-3","payload":[3,4,5,"xx"],"id":6}));
+        let j: serde_json::Value = serde_json::from_str(&write_join(&plan.room_names_json[2])).unwrap();
+        assert_eq!(j, serde_json::json!({"type":"join","room":"load-room-4","id":0}));
     }
 
     #[test]

@@ -77,6 +77,11 @@ struct Envelope<'a> {
     complete: Option<bool>,
     #[serde(default)]
     count: Option<WireInt>,
+    /// Room message acks: member connections reached on the node, and other nodes reached.
+    #[serde(default)]
+    members: Option<WireInt>,
+    #[serde(default)]
+    nodes: Option<WireInt>,
 }
 
 /// Our payload: `[sender_slot, seq, intended_ns, padding...]` (see `schedule::write_chat`).
@@ -157,7 +162,11 @@ pub fn parse(frame: &str) -> Incoming<'_> {
         return Incoming::Unrecognized(Unrecognized::NoType, None);
     };
     match kind.as_ref() {
-        "ack" => return Incoming::Ack { id: env.id.map(|i| i.0), online: env.online },
+        "ack" => {
+            // A room message's ack says whom it reached instead: anyone counts as online.
+            let reached = env.members.map(|m| m.0 > 0 || env.nodes.is_some_and(|n| n.0 > 0));
+            return Incoming::Ack { id: env.id.map(|i| i.0), online: env.online.or(reached) };
+        }
         "error" => {
             return Incoming::Error {
                 id: env.id.map(|i| i.0),
@@ -262,6 +271,8 @@ mod tests {
     fn acks_errors_and_other_frames() {
         assert_eq!(parse(r#"{ "type" : "ack", "id" : 5, "online" : true, "stored": true }"#), Incoming::Ack { id: Some(5), online: Some(true) });
         assert_eq!(parse(r#"{"id":6.0,"type":"ack"}"#), Incoming::Ack { id: Some(6), online: None });
+        assert_eq!(parse(r#"{"type":"ack","id":8,"members":0,"nodes":2}"#), Incoming::Ack { id: Some(8), online: Some(true) });
+        assert_eq!(parse(r#"{"type":"ack","id":8,"members":0,"nodes":0}"#), Incoming::Ack { id: Some(8), online: Some(false) });
         match parse(r#"{"type":"error","id":7,"code":"unavailable","message":"delivered to 1 connection(s) on this node"}"#) {
             Incoming::Error { id: Some(7), code, message } => assert_eq!((code.as_ref(), message.starts_with("delivered")), ("unavailable", true)),
             other => panic!("{other:?}"),
