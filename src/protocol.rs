@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::io::Write as _;
 use std::time::SystemTime;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -335,104 +336,137 @@ pub fn parse_timestamp(ts: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(ts).ok()
 }
 
-/// Turns bytes we wrote as JSON (from `str` pieces and raw JSON that parsed as `str`) into a frame.
-fn frame(out: Vec<u8>) -> Frame {
+/// A field value for [`write_object`].
+#[derive(Clone, Copy)]
+enum Json<'a> {
+    /// Text, written as a JSON string literal (quoted and escaped).
+    Str(&'a str),
+    /// Already JSON (a client's `id` or `payload`, `true`, `null`): written as it is.
+    Raw(&'a str),
+    /// A number, written in decimal.
+    Uint(u64),
+    /// An optional field not given: the key is left out.
+    Absent,
+}
+
+/// Room for a few escaped characters (`"` becomes `\"`, a control character `\u00XX`) before a
+/// frame's buffer has to grow; frames' strings are ids and timestamps, which rarely need any.
+const ESCAPE_SLACK: usize = 16;
+/// Most decimal digits of a `u64`.
+const UINT_DIGITS: usize = 20;
+
+impl Json<'_> {
+    /// Bytes the value takes, escapes aside (at most, for a number).
+    fn room(self) -> usize {
+        match self {
+            Json::Str(s) => s.len() + 2,
+            Json::Raw(s) => s.len(),
+            Json::Uint(_) => UINT_DIGITS,
+            Json::Absent => 0,
+        }
+    }
+
+    fn write_to(self, out: &mut Vec<u8>) {
+        match self {
+            // serde_json escapes exactly as JSON requires; writing into a Vec cannot fail.
+            Json::Str(s) => serde_json::to_writer(&mut *out, s).expect("writing to a Vec"),
+            Json::Raw(s) => out.extend_from_slice(s.as_bytes()),
+            Json::Uint(n) => write!(out, "{n}").expect("writing to a Vec"),
+            Json::Absent => {}
+        }
+    }
+}
+
+/// Writes the JSON object `{"key":value,..}` of `fields` in order, skipping [`Json::Absent`], in
+/// one buffer sized up front. Keys are this file's constants and need no escaping.
+fn write_object(fields: &[(&'static str, Json<'_>)]) -> Frame {
+    let present = || fields.iter().filter(|(_, v)| !matches!(v, Json::Absent));
+    // Per field `{"key":` or `,"key":` and the value; then the closing brace.
+    let size: usize = present().map(|(k, v)| k.len() + 4 + v.room()).sum::<usize>() + 1;
+    let mut out = Vec::with_capacity(size + ESCAPE_SLACK);
+    out.push(b'{');
+    for (i, (key, value)) in present().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        value.write_to(&mut out);
+    }
+    out.push(b'}');
     Frame::try_from(out).expect("JSON written from str pieces is UTF-8")
 }
 
-/// Writes `s` as a JSON string literal.
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    // serde_json escapes exactly as JSON requires; writing into a Vec cannot fail.
-    serde_json::to_writer(&mut *out, s).expect("writing to a Vec");
+/// `true` or `false`, as raw JSON.
+fn bool_json(b: bool) -> Json<'static> {
+    Json::Raw(if b { "true" } else { "false" })
 }
 
 /// Builds the envelope delivered to receivers, exactly the original server's shape:
 /// `{"type":..,"payload":..,"receiverID":..,"senderId":..,"timestamp":..}`.
 pub fn encode_envelope(kind: &str, payload: Option<&RawValue>, receiver: &str, sender: &str, timestamp: &str) -> Frame {
-    let payload = payload.map_or("null", RawValue::get);
-    let mut out = Vec::with_capacity(80 + kind.len() + payload.len() + receiver.len() + sender.len() + timestamp.len());
-    out.extend_from_slice(b"{\"type\":");
-    push_json_str(&mut out, kind);
-    out.extend_from_slice(b",\"payload\":");
-    out.extend_from_slice(payload.as_bytes());
-    out.extend_from_slice(b",\"receiverID\":");
-    push_json_str(&mut out, receiver);
-    out.extend_from_slice(b",\"senderId\":");
-    push_json_str(&mut out, sender);
-    out.extend_from_slice(b",\"timestamp\":");
-    push_json_str(&mut out, timestamp);
-    out.push(b'}');
-    frame(out)
+    write_object(&[
+        ("type", Json::Str(kind)),
+        ("payload", Json::Raw(payload.map_or("null", RawValue::get))),
+        ("receiverID", Json::Str(receiver)),
+        ("senderId", Json::Str(sender)),
+        ("timestamp", Json::Str(timestamp)),
+    ])
 }
 
 /// The envelope delivered to room members:
 /// `{"type":..,"room":..,"payload":..,"senderId":..,"timestamp":..}`.
 pub fn encode_room_envelope(kind: &str, room: &str, payload: Option<&RawValue>, sender: &str, timestamp: &str) -> Frame {
-    let payload = payload.map_or("null", RawValue::get);
-    let mut out = Vec::with_capacity(80 + kind.len() + room.len() + payload.len() + sender.len() + timestamp.len());
-    out.extend_from_slice(b"{\"type\":");
-    push_json_str(&mut out, kind);
-    out.extend_from_slice(b",\"room\":");
-    push_json_str(&mut out, room);
-    out.extend_from_slice(b",\"payload\":");
-    out.extend_from_slice(payload.as_bytes());
-    out.extend_from_slice(b",\"senderId\":");
-    push_json_str(&mut out, sender);
-    out.extend_from_slice(b",\"timestamp\":");
-    push_json_str(&mut out, timestamp);
-    out.push(b'}');
-    frame(out)
+    write_object(&[
+        ("type", Json::Str(kind)),
+        ("room", Json::Str(room)),
+        ("payload", Json::Raw(payload.map_or("null", RawValue::get))),
+        ("senderId", Json::Str(sender)),
+        ("timestamp", Json::Str(timestamp)),
+    ])
 }
 
 /// `{"type":"ack","id":..,"members":M,"nodes":N}` for a room message: `members` connections
 /// reached on this node, `nodes` other nodes subscribed to the room (docs/rooms.md).
 pub fn encode_room_ack(id: &RawValue, members: usize, nodes: u32) -> Frame {
-    frame(format!("{{\"type\":\"ack\",\"id\":{},\"members\":{members},\"nodes\":{nodes}}}", id.get()).into_bytes())
+    write_object(&[
+        ("type", Json::Str(TYPE_ACK)),
+        ("id", Json::Raw(id.get())),
+        ("members", Json::Uint(members as u64)),
+        ("nodes", Json::Uint(u64::from(nodes))),
+    ])
 }
 
 /// `{"type":"ack","id":..}` plus, for chat messages, `"online":bool` (whether any connection of
 /// the receiver was found, on any node).
 pub fn encode_ack(id: &RawValue, online: Option<bool>) -> Frame {
-    let mut out = Vec::with_capacity(40 + id.get().len());
-    out.extend_from_slice(b"{\"type\":\"ack\",\"id\":");
-    out.extend_from_slice(id.get().as_bytes());
-    match online {
-        Some(true) => out.extend_from_slice(b",\"online\":true"),
-        Some(false) => out.extend_from_slice(b",\"online\":false"),
-        None => {}
-    }
-    out.push(b'}');
-    frame(out)
+    write_object(&[("type", Json::Str(TYPE_ACK)), ("id", Json::Raw(id.get())), ("online", online.map_or(Json::Absent, bool_json))])
 }
 
 /// `{"type":"ack","id":..,"online":bool,"stored":true}` for a chat message: `stored` when the
 /// message went into the receiver's history (so `online:false` does not mean lost).
 pub fn encode_chat_ack(id: &RawValue, online: bool, stored: bool) -> Frame {
-    let ack = encode_ack(id, Some(online));
-    if !stored {
-        return ack;
-    }
-    let mut out = Vec::from(&ack.as_bytes()[..ack.len() - 1]);
-    out.extend_from_slice(b",\"stored\":true}");
-    frame(out)
+    write_object(&[
+        ("type", Json::Str(TYPE_ACK)),
+        ("id", Json::Raw(id.get())),
+        ("online", bool_json(online)),
+        ("stored", if stored { bool_json(true) } else { Json::Absent }),
+    ])
 }
 
 /// `{"type":"recovery","complete":..,"count":N,"epoch":"E","offset":O}` plus `"reason"` when not
 /// complete: `offset` and `epoch` are where the client stands after the replay, to resume from
 /// next time.
 pub fn encode_recovery(complete: bool, count: usize, epoch: &str, offset: u64, reason: Option<&str>) -> Frame {
-    let mut out = Vec::with_capacity(96 + epoch.len());
-    out.extend_from_slice(b"{\"type\":\"recovery\",\"complete\":");
-    out.extend_from_slice(if complete { b"true" } else { b"false" });
-    out.extend_from_slice(format!(",\"count\":{count},\"epoch\":").as_bytes());
-    push_json_str(&mut out, epoch);
-    out.extend_from_slice(format!(",\"offset\":{offset}").as_bytes());
-    if let Some(reason) = reason {
-        out.extend_from_slice(b",\"reason\":");
-        push_json_str(&mut out, reason);
-    }
-    out.push(b'}');
-    frame(out)
+    write_object(&[
+        ("type", Json::Str(TYPE_RECOVERY)),
+        ("complete", bool_json(complete)),
+        ("count", Json::Uint(count as u64)),
+        ("epoch", Json::Str(epoch)),
+        ("offset", Json::Uint(offset)),
+        ("reason", reason.map_or(Json::Absent, Json::Str)),
+    ])
 }
 
 /// The history offset of an envelope a history node wrote, read cheaply: the last `"offset":`
@@ -455,18 +489,12 @@ pub fn envelope_epoch(bytes: &[u8]) -> Option<&str> {
 
 /// `{"type":"error","id":..,"code":..,"message":..}` (`id` only when the client gave one).
 pub fn encode_error(id: Option<&RawValue>, err: &FrameError) -> Frame {
-    let mut out = Vec::with_capacity(64 + err.message.len());
-    out.extend_from_slice(b"{\"type\":\"error\"");
-    if let Some(id) = id {
-        out.extend_from_slice(b",\"id\":");
-        out.extend_from_slice(id.get().as_bytes());
-    }
-    out.extend_from_slice(b",\"code\":");
-    push_json_str(&mut out, err.code.as_str());
-    out.extend_from_slice(b",\"message\":");
-    push_json_str(&mut out, &err.message);
-    out.push(b'}');
-    frame(out)
+    write_object(&[
+        ("type", Json::Str(TYPE_ERROR)),
+        ("id", id.map_or(Json::Absent, |id| Json::Raw(id.get()))),
+        ("code", Json::Str(err.code.as_str())),
+        ("message", Json::Str(&err.message)),
+    ])
 }
 
 /// The fields a node needs from an envelope that arrived from the broker: whom it is for, and
@@ -568,6 +596,46 @@ mod tests {
         let routed = parse_routed(env.as_bytes()).unwrap();
         assert_eq!(routed.receiver, "b\"ob");
         assert!(parse_timestamp(&routed.timestamp.unwrap()).is_some());
+    }
+
+    /// The exact bytes of every encoder, escapes, optional fields and number edges included:
+    /// clients and the Go server's tests compare frames as text.
+    #[test]
+    fn encoders_write_exactly_these_bytes() {
+        let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
+        let (payload, id, obj_id) = (raw(r#"{"a":[1,"x\n"]}"#), raw("7"), raw(r#"{"n":"q"}"#));
+        let ts = "2026-01-02T03:04:05.000000001Z";
+        let cases: [(Frame, &str); 14] = [
+            (
+                encode_envelope("chat_message", Some(&payload), "b\"ob", "al\u{1}é", ts),
+                r#"{"type":"chat_message","payload":{"a":[1,"x\n"]},"receiverID":"b\"ob","senderId":"al\u0001é","timestamp":"2026-01-02T03:04:05.000000001Z"}"#,
+            ),
+            (encode_envelope("chat_message", None, "", "a", ""), r#"{"type":"chat_message","payload":null,"receiverID":"","senderId":"a","timestamp":""}"#),
+            (
+                encode_room_envelope("room_message", "lo\\bby", Some(&payload), "al", ts),
+                r#"{"type":"room_message","room":"lo\\bby","payload":{"a":[1,"x\n"]},"senderId":"al","timestamp":"2026-01-02T03:04:05.000000001Z"}"#,
+            ),
+            (encode_room_envelope("room_message", "r", None, "a", "t"), r#"{"type":"room_message","room":"r","payload":null,"senderId":"a","timestamp":"t"}"#),
+            (encode_room_ack(&id, 3, 0), r#"{"type":"ack","id":7,"members":3,"nodes":0}"#),
+            (encode_room_ack(&obj_id, usize::MAX, u32::MAX), r#"{"type":"ack","id":{"n":"q"},"members":18446744073709551615,"nodes":4294967295}"#),
+            (encode_ack(&id, None), r#"{"type":"ack","id":7}"#),
+            (encode_ack(&obj_id, Some(true)), r#"{"type":"ack","id":{"n":"q"},"online":true}"#),
+            (encode_chat_ack(&id, false, false), r#"{"type":"ack","id":7,"online":false}"#),
+            (encode_chat_ack(&id, true, true), r#"{"type":"ack","id":7,"online":true,"stored":true}"#),
+            (encode_recovery(true, 0, "", 0, None), r#"{"type":"recovery","complete":true,"count":0,"epoch":"","offset":0}"#),
+            (
+                encode_recovery(false, 12, "k\"3", u64::MAX, Some("too_far_behind")),
+                r#"{"type":"recovery","complete":false,"count":12,"epoch":"k\"3","offset":18446744073709551615,"reason":"too_far_behind"}"#,
+            ),
+            (
+                encode_error(None, &FrameError::new(ErrorCode::UnknownType, "unknown type \"x\"\t")),
+                r#"{"type":"error","code":"unknown_type","message":"unknown type \"x\"\t"}"#,
+            ),
+            (encode_error(Some(&obj_id), &FrameError::new(ErrorCode::BadJson, "")), r#"{"type":"error","id":{"n":"q"},"code":"bad_json","message":""}"#),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got.as_str(), want);
+        }
     }
 
     #[test]

@@ -23,9 +23,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, bod
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let (status, body) = parse_http_response(&buf);
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 

@@ -1,31 +1,23 @@
 //! `wsctl load` against real in-process nodes (and a real Redis for two nodes), against a
 //! deliberately faulty WebSocket server to prove the audit, and through the built binary for
 //! exit codes and profile errors.
-// The handshake callback's error type is tungstenite's (an HTTP response), not ours.
-#![allow(clippy::result_large_err)]
 
 mod support;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use wsctl::load::{Live, LoadConfig, Pattern, Rate, Report};
 
+use support::load::{run, FD_LIMIT};
+use support::ws::{self, Users};
 use support::{RedisServer, TestNode};
-
-/// Plenty for the few hundred connections these tests open.
-const FD_LIMIT: u64 = 20_000;
 
 fn url(addr: SocketAddr) -> String {
     format!("ws://{addr}/ws")
@@ -39,10 +31,6 @@ fn quick(urls: Vec<String>, clients: u32, rate: f64) -> LoadConfig {
     c.drain = Duration::from_secs(2);
     c.latency_report = Duration::from_millis(500);
     c
-}
-
-async fn run(c: LoadConfig) -> Report {
-    wsctl::load::run(c, Live::new(), CancellationToken::new(), FD_LIMIT, 0).await.expect("load run starts")
 }
 
 fn assert_sane(r: &Report) {
@@ -152,69 +140,45 @@ struct FaultyServer {
 }
 
 async fn faulty_server() -> FaultyServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let dropped = Arc::new(AtomicU64::new(0));
     let duplicated = Arc::new(AtomicU64::new(0));
     let counter = Arc::new(AtomicU64::new(0));
-    let users: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>> = Arc::default();
+    let users: Users = Arc::default();
     let (d, du) = (dropped.clone(), duplicated.clone());
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (users, counter, dropped, duplicated) = (users.clone(), counter.clone(), d.clone(), du.clone());
-            tokio::spawn(async move {
-                let mut user = String::new();
-                let cb = |req: &Request, resp: Response| {
-                    user = req.uri().query().and_then(|q| q.strip_prefix("userId=")).unwrap_or_default().to_string();
-                    Ok(resp)
-                };
-                let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else { return };
-                let (mut sink, mut stream) = ws.split();
-                let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-                users.lock().unwrap().insert(user.clone(), tx.clone());
-                let writer = tokio::spawn(async move {
-                    while let Some(m) = rx.recv().await {
-                        let close = matches!(m, Message::Close(_));
-                        if sink.send(m).await.is_err() || close {
-                            break;
-                        }
-                    }
-                });
-                while let Some(Ok(m)) = stream.next().await {
-                    let Message::Text(t) = m else {
-                        if let Message::Close(f) = m {
-                            let _ = tx.send(Message::Close(f));
-                            break;
-                        }
-                        continue;
-                    };
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    if v["type"] != "chat_message" {
-                        continue;
-                    }
-                    let to = v["receiverID"].as_str().unwrap().to_string();
-                    let env = serde_json::json!({"type": "chat_message", "payload": v["payload"], "receiverID": to, "senderId": user});
-                    let n = counter.fetch_add(1, Ordering::SeqCst);
-                    let copies = if n % 10 == 3 {
-                        dropped.fetch_add(1, Ordering::SeqCst);
-                        0
-                    } else if n % 7 == 5 {
-                        duplicated.fetch_add(1, Ordering::SeqCst);
-                        2
-                    } else {
-                        1
-                    };
-                    let target = users.lock().unwrap().get(&to).cloned();
-                    let target = target.expect("receivers are all connected before traffic starts");
-                    for _ in 0..copies {
-                        let _ = target.send(Message::text(env.to_string()));
-                    }
+    let addr = ws::serve(move |stream| {
+        let (users, counter, dropped, duplicated) = (users.clone(), counter.clone(), d.clone(), du.clone());
+        async move {
+            let Some(mut conn) = ws::Conn::accept(stream).await else { return };
+            let user = conn.param("userId").unwrap_or_default().to_string();
+            users.lock().unwrap().insert(user.clone(), conn.outbox.clone());
+            while let Some(t) = conn.next_text().await {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] != "chat_message" {
+                    continue;
                 }
-                users.lock().unwrap().remove(&user);
-                let _ = writer.await;
-            });
+                let to = v["receiverID"].as_str().unwrap().to_string();
+                let env = serde_json::json!({"type": "chat_message", "payload": v["payload"], "receiverID": to, "senderId": user});
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let copies = if n % 10 == 3 {
+                    dropped.fetch_add(1, Ordering::SeqCst);
+                    0
+                } else if n % 7 == 5 {
+                    duplicated.fetch_add(1, Ordering::SeqCst);
+                    2
+                } else {
+                    1
+                };
+                let target = users.lock().unwrap().get(&to).cloned();
+                let target = target.expect("receivers are all connected before traffic starts");
+                for _ in 0..copies {
+                    let _ = target.send(Message::text(env.to_string()));
+                }
+            }
+            users.lock().unwrap().remove(&user);
+            conn.finish().await;
         }
-    });
+    })
+    .await;
     FaultyServer { addr, dropped, duplicated }
 }
 

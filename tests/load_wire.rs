@@ -4,8 +4,6 @@
 //! encoding/json, integral floats), answers ids like a node, or misbehaves on purpose (string
 //! payloads, forged stamps). Plus ids with awkward characters against a real node, `--ack`
 //! against a real node, and `load merge` / `load plot` / `--csv` through the binary.
-// The handshake callbacks' error type is tungstenite's (an HTTP response), not ours.
-#![allow(clippy::result_large_err)]
 
 mod support;
 
@@ -15,18 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use wsctl::load::{Diagnosis, Live, LoadConfig, Pattern, Rate, Report};
+use wsctl::load::{Diagnosis, Live, LoadConfig, Pattern, Rate};
 
+use support::load::{run, FD_LIMIT};
+use support::ws::{self, Outbox, Users};
 use support::TestNode;
-
-const FD_LIMIT: u64 = 20_000;
 
 /// How the relay writes what it sends.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -120,51 +114,20 @@ fn write(style: Style, n: u64, env: &Value) -> Vec<String> {
     }
 }
 
-type Users = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>>;
-
 /// A relay server on a free port; `relayed` counts chat messages routed.
 async fn relay(style: Style) -> (SocketAddr, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let users: Users = Arc::default();
     let relayed = Arc::new(AtomicU64::new(0));
     let r = relayed.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(relay_connection(stream, users.clone(), r.clone(), style));
-        }
-    });
+    let addr = ws::serve(move |stream| relay_connection(stream, users.clone(), r.clone(), style)).await;
     (addr, relayed)
 }
 
 async fn relay_connection(stream: tokio::net::TcpStream, users: Users, relayed: Arc<AtomicU64>, style: Style) {
-    let mut user = String::new();
-    let cb = |req: &Request, resp: Response| {
-        let query = req.uri().query().unwrap_or_default();
-        user = url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "userId").map(|(_, v)| v.into_owned()).unwrap_or_default();
-        Ok(resp)
-    };
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else { return };
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    users.lock().unwrap().insert(user.clone(), tx.clone());
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            let close = matches!(m, Message::Close(_));
-            if sink.send(m).await.is_err() || close {
-                break;
-            }
-        }
-    });
-    while let Some(Ok(m)) = stream.next().await {
-        let t = match m {
-            Message::Text(t) => t,
-            Message::Close(f) => {
-                let _ = tx.send(Message::Close(f));
-                break;
-            }
-            _ => continue,
-        };
+    let Some(mut conn) = ws::Conn::accept(stream).await else { return };
+    let user = conn.param("userId").unwrap_or_default().to_string();
+    users.lock().unwrap().insert(user.clone(), conn.outbox.clone());
+    while let Some(t) = conn.next_text().await {
         let v: Value = serde_json::from_str(&t).unwrap();
         if v["type"] != "chat_message" {
             continue;
@@ -181,11 +144,11 @@ async fn relay_connection(stream: tokio::net::TcpStream, users: Users, relayed: 
         if !v["id"].is_null() {
             // Python-style, with a field wsctl does not know.
             let ack = json!({"type": "ack", "id": v["id"], "online": target.is_some(), "stored": true});
-            let _ = tx.send(Message::text(python(&ack)));
+            let _ = conn.outbox.send(Message::text(python(&ack)));
         }
     }
     users.lock().unwrap().remove(&user);
-    let _ = writer.await;
+    conn.finish().await;
 }
 
 fn quick(addr: SocketAddr, clients: u32, rate: f64) -> LoadConfig {
@@ -197,10 +160,6 @@ fn quick(addr: SocketAddr, clients: u32, rate: f64) -> LoadConfig {
     c.latency_report = Duration::ZERO;
     c.pattern = Pattern::Ring;
     c
-}
-
-async fn run(c: LoadConfig) -> Report {
-    wsctl::load::run(c, Live::new(), CancellationToken::new(), FD_LIMIT, 0).await.expect("load run starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,64 +294,35 @@ async fn csv_plot_and_a_bad_report_through_the_binary() {
 /// happen under one lock). `kick` closes every connection once with 1012, mid-run.
 #[derive(Default)]
 struct History {
-    live: HashMap<String, mpsc::UnboundedSender<Message>>,
+    live: HashMap<String, Outbox>,
     kept: HashMap<String, Vec<(u64, String)>>,
     resumed: u64,
 }
 
 async fn history_server() -> (SocketAddr, Arc<Mutex<History>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let state: Arc<Mutex<History>> = Arc::default();
     let st = state.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(history_connection(stream, st.clone()));
-        }
-    });
+    let addr = ws::serve(move |stream| history_connection(stream, st.clone())).await;
     (addr, state)
 }
 
 async fn history_connection(stream: tokio::net::TcpStream, state: Arc<Mutex<History>>) {
-    let mut query = Vec::new();
-    let cb = |req: &Request, resp: Response| {
-        query = url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()).into_owned().collect::<Vec<(String, String)>>();
-        Ok(resp)
-    };
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else { return };
-    let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.clone());
-    let user = get("userId").unwrap_or_default();
-    let since: Option<u64> = get("since").and_then(|s| s.parse().ok());
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let Some(mut conn) = ws::Conn::accept(stream).await else { return };
+    let user = conn.param("userId").unwrap_or_default().to_string();
+    let since: Option<u64> = conn.param("since").and_then(|s| s.parse().ok());
     {
         let mut h = state.lock().unwrap();
-        if let (Some(since), Some("e1")) = (since, get("epoch").as_deref()) {
+        if let (Some(since), Some("e1")) = (since, conn.param("epoch")) {
             let replay: Vec<String> = h.kept.get(&user).into_iter().flatten().filter(|(o, _)| *o > since).map(|(_, t)| t.clone()).collect();
             for t in &replay {
-                let _ = tx.send(Message::text(t.clone()));
+                let _ = conn.outbox.send(Message::text(t.clone()));
             }
-            let _ = tx.send(Message::text(json!({"type": "recovery", "complete": true, "count": replay.len()}).to_string()));
+            let _ = conn.outbox.send(Message::text(json!({"type": "recovery", "complete": true, "count": replay.len()}).to_string()));
             h.resumed += 1;
         }
-        h.live.insert(user.clone(), tx.clone());
+        h.live.insert(user.clone(), conn.outbox.clone());
     }
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            let close = matches!(m, Message::Close(_));
-            if sink.send(m).await.is_err() || close {
-                break;
-            }
-        }
-    });
-    while let Some(Ok(m)) = stream.next().await {
-        let Message::Text(t) = m else {
-            if let Message::Close(f) = m {
-                let _ = tx.send(Message::Close(f));
-                break;
-            }
-            continue;
-        };
+    while let Some(t) = conn.next_text().await {
         let v: Value = serde_json::from_str(&t).unwrap();
         if v["type"] != "chat_message" {
             continue;
@@ -411,11 +341,11 @@ async fn history_connection(stream: tokio::net::TcpStream, state: Arc<Mutex<Hist
     }
     {
         let mut h = state.lock().unwrap();
-        if h.live.get(&user).is_some_and(|t| t.same_channel(&tx)) {
+        if h.live.get(&user).is_some_and(|t| t.same_channel(&conn.outbox)) {
             h.live.remove(&user);
         }
     }
-    let _ = writer.await;
+    conn.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

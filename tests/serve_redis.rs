@@ -207,6 +207,34 @@ async fn redis_killed_and_restarted_routes_come_back_and_delivery_resumes() {
     b.stop().await;
 }
 
+/// The routing script is run by hash; a Redis that lost it (SCRIPT FLUSH here, a restart or a
+/// failover in life) answers NOSCRIPT, and the node loads it again within the same send.
+#[tokio::test]
+async fn a_flushed_script_cache_costs_no_message() {
+    let redis = RedisServer::start();
+    let a = TestNode::start("node-a", Some(redis.config())).await;
+    let b = TestNode::start("node-b", Some(redis.config())).await;
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":"before","id":1})).await;
+    assert_eq!(bob.recv().await["payload"], "before");
+    assert_eq!(alice.recv().await, json!({"type":"ack","id":1,"online":true}));
+
+    let noscripts = || {
+        let stats = redis.cli(&["INFO", "errorstats"]);
+        let count = stats.lines().find_map(|l| l.strip_prefix("errorstat_NOSCRIPT:count="));
+        count.map_or(0, |n| n.trim().parse::<u64>().unwrap())
+    };
+    let before = noscripts();
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK");
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":"after","id":2})).await;
+    assert_eq!(bob.recv().await["payload"], "after");
+    assert_eq!(alice.recv().await, json!({"type":"ack","id":2,"online":true}), "not `unavailable`");
+    assert_eq!(noscripts(), before + 1, "the send after the flush met NOSCRIPT");
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn acl_user_and_password_are_used_and_a_wrong_password_fails_clearly() {
     let redis = RedisServer::start();

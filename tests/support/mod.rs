@@ -1,10 +1,13 @@
 //! Test support: real `redis-server` processes (standalone, and a 3-master Cluster made with
 //! `redis-cli --cluster create`) on free loopback ports, in-process `wsctl serve` nodes on port 0,
-//! and a small real WebSocket client. A test that needs Redis and cannot find it fails with the
-//! command to install it; it never skips.
+//! and a small real WebSocket client; [`load`] runs the load engine in process and [`ws`] is the
+//! plumbing of the load tests' stand-in WebSocket servers. A test that needs Redis and cannot
+//! find it fails with the command to install it; it never skips.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod moto;
+pub mod ws;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
@@ -269,10 +272,15 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    Ok(parse_http_response(&buf))
+}
+
+/// The status and body of a raw HTTP/1.1 response (status 0 if there is no status line).
+pub fn parse_http_response(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw);
     let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((status, body))
+    (status, body)
 }
 
 /// A real WebSocket client (tokio-tungstenite) over loopback.

@@ -20,6 +20,8 @@ use rand::distr::{Alphanumeric, SampleString};
 use crate::broker::{HistoryConfig, Recovery, RecoveryGap};
 use crate::protocol::Frame;
 
+use super::script::evalsha;
+
 /// History list key of `user`.
 pub(crate) fn history_key(user: &str) -> String {
     format!("{HISTORY_PREFIX}{{{user}}}")
@@ -124,15 +126,18 @@ pub const REPLAY_DEADLINE: Duration = Duration::from_secs(2);
 /// it reaches back far enough.
 pub(crate) async fn recover(client: &Client, cfg: &HistoryConfig, user: &str, since: u64, epoch: Option<&str>) -> Recovery {
     let script = read_script();
-    let args: Vec<Value> = vec![
-        Value::from(since as i64),
-        Value::from(epoch.unwrap_or("")),
-        Value::from(new_epoch()),
-        Value::from(ttl_ms(cfg)),
-        Value::from(REPLAY_MAX as i64),
-    ];
-    let keys = vec![history_key(user), meta_key(user)];
-    let read = tokio::time::timeout(REPLAY_DEADLINE, script.evalsha_with_reload::<Value, _, _>(client, keys, args)).await;
+    let call = || {
+        let keys = vec![history_key(user), meta_key(user)];
+        let args: Vec<Value> = vec![
+            Value::from(since as i64),
+            Value::from(epoch.unwrap_or("")),
+            Value::from(new_epoch()),
+            Value::from(ttl_ms(cfg)),
+            Value::from(REPLAY_MAX as i64),
+        ];
+        (keys, args)
+    };
+    let read = tokio::time::timeout(REPLAY_DEADLINE, evalsha::<Value, _>(client, &script, call)).await;
     let value = match read {
         Ok(Ok(v)) => v,
         _ => return Recovery::failed(since, RecoveryGap::Unavailable),

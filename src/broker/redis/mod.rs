@@ -10,7 +10,8 @@
 //!   per-node member counts; [`lookup`] answers the HTTP API's presence and room questions.
 //!
 //! With `--history`, [`history`] keeps every message to a user in Redis with an offset, and
-//! reads it back for a resume.
+//! reads it back for a resume. The publisher's and the history's scripts run through [`script`]:
+//! EVALSHA, and SCRIPT LOAD only when Redis has lost the script (NOSCRIPT).
 //!
 //! Redis trouble never stalls the node: every wait has a deadline, and while Redis is known to be
 //! unreachable (`degraded`) sends are answered `unavailable` at once instead of queueing behind
@@ -22,6 +23,7 @@ mod publisher;
 mod refresher;
 mod reorder;
 mod rooms;
+mod script;
 mod subscriber;
 mod writer;
 

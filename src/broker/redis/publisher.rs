@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::routes;
 
 use super::super::{HistoryConfig, Publish, PublishError, PublishResult, Routed};
+use super::script::{evalsha, is_noscript};
 use super::subscriber::except_prefix;
 use super::{history, Health, NodeInfo};
 
@@ -128,6 +129,12 @@ impl Publisher {
 
     /// Standalone: one EVALSHA (reloaded on NOSCRIPT, e.g. after a Redis restart).
     async fn route_by_script(&self, script: &Script, batch: &[PublishReq]) -> Result<Vec<Routed>, fred::error::Error> {
+        let out: Vec<i64> = evalsha(&self.client, script, || self.script_call(batch)).await?;
+        Ok(out.chunks(2).map(|c| Routed { nodes: c[0].max(0) as u32, offset: c.get(1).filter(|o| **o > 0).map(|o| *o as u64) }).collect())
+    }
+
+    /// The keys and arguments of [`route_script`] for `batch`.
+    fn script_call(&self, batch: &[PublishReq]) -> (Vec<String>, Vec<Value>) {
         let keys: Vec<String> = batch.iter().map(|r| routes::user_servers_key(&r.msg.receiver)).collect();
         let mut args: Vec<Value> = Vec::with_capacity(2 * batch.len() + 5);
         args.push(Value::from(self.server_id.as_ref()));
@@ -148,8 +155,7 @@ impl Publisher {
                 }
             }
         }
-        let out: Vec<i64> = script.evalsha_with_reload(&self.client, keys, args).await?;
-        Ok(out.chunks(2).map(|c| Routed { nodes: c[0].max(0) as u32, offset: c.get(1).filter(|o| **o > 0).map(|o| *o as u64) }).collect())
+        (keys, args)
     }
 
     /// Cluster: three pipelined round trips (route sets; presence and leases; publishes and
@@ -241,7 +247,7 @@ impl Publisher {
         let (Some(cfg), Some(script)) = (&self.history, &self.append) else { return Ok((finals, offsets)) };
         for (idx, reply) in groups.iter().zip(replies) {
             let reply = match reply {
-                Err(e) if e.details().starts_with("NOSCRIPT") => {
+                Err(e) if is_noscript(&e) => {
                     let u = batch[idx[0]].msg.receiver.as_ref();
                     let lua = script.lua().expect("built from Lua").clone();
                     self.client.eval::<Value, _, _, _>(lua, append_keys(u), append_args(cfg, idx.iter().map(|i| &batch[*i].msg))).await?
