@@ -2,7 +2,6 @@
 //! over a real Redis: standalone and a 3-master Cluster), and against a server that breaks the
 //! room promise, to show the audit sees it.
 
-#[allow(dead_code)]
 mod support;
 
 use std::collections::HashMap;
@@ -10,18 +9,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
-use wsctl::load::{Live, LoadConfig, Pattern, Rate, Report};
+use wsctl::load::{LoadConfig, Pattern, Rate, Report};
 use wsctl::ServerConfig;
 
+use support::load::{run, FD_LIMIT};
+use support::ws::{serve, Conn, Outbox};
 use support::{test_limits, RedisCluster, RedisServer, TestNode};
 
-const FD_LIMIT: u64 = 20_000;
 const KEY: &str = "load-rooms-key";
 
 async fn node(id: &str, redis: Option<wsctl::RedisConfig>) -> TestNode {
@@ -39,10 +35,6 @@ fn rooms(urls: Vec<String>, rooms: u32, size: u32, rate: f64) -> LoadConfig {
     c.duration = Duration::from_millis(1500);
     c.drain = Duration::from_secs(3);
     c
-}
-
-async fn run(c: LoadConfig) -> Report {
-    wsctl::load::run(c, Live::new(), CancellationToken::new(), FD_LIMIT, 0).await.expect("load run starts")
 }
 
 /// Every room message reached every other member connection once, and its sender never.
@@ -139,44 +131,32 @@ async fn a_wrong_api_key_is_reported_as_refused_not_lost() {
 
 /// A room server that breaks the promise: it sends each room message back to its sender too.
 async fn echoing_room_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let members: Arc<Mutex<HashMap<String, Vec<mpsc::UnboundedSender<String>>>>> = Arc::default();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let members = members.clone();
-            tokio::spawn(async move {
-                let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
-                let (mut sink, mut stream) = ws.split();
-                let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-                tokio::spawn(async move {
-                    while let Some(t) = rx.recv().await {
-                        if sink.send(Message::text(t)).await.is_err() {
-                            break;
+    let members: Arc<Mutex<HashMap<String, Vec<Outbox>>>> = Arc::default();
+    serve(move |stream| {
+        let members = members.clone();
+        async move {
+            let Some(mut conn) = Conn::accept(stream).await else { return };
+            while let Some(t) = conn.next_text().await {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                let room = v["room"].as_str().unwrap_or_default().to_string();
+                match v["type"].as_str() {
+                    Some("join") => {
+                        members.lock().unwrap().entry(room).or_default().push(conn.outbox.clone());
+                        let _ = conn.outbox.send(Message::text(json!({"type": "ack", "id": v["id"]}).to_string()));
+                    }
+                    Some("room_message") => {
+                        let env = json!({"type": "room_message", "room": room, "payload": v["payload"], "senderId": "x"}).to_string();
+                        for m in members.lock().unwrap().get(&room).into_iter().flatten() {
+                            let _ = m.send(Message::text(env.clone()));
                         }
                     }
-                });
-                while let Some(Ok(Message::Text(t))) = stream.next().await {
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    let room = v["room"].as_str().unwrap_or_default().to_string();
-                    match v["type"].as_str() {
-                        Some("join") => {
-                            members.lock().unwrap().entry(room).or_default().push(tx.clone());
-                            let _ = tx.send(json!({"type": "ack", "id": v["id"]}).to_string());
-                        }
-                        Some("room_message") => {
-                            let env = json!({"type": "room_message", "room": room, "payload": v["payload"], "senderId": "x"}).to_string();
-                            for m in members.lock().unwrap().get(&room).into_iter().flatten() {
-                                let _ = m.send(env.clone());
-                            }
-                        }
-                        _ => {}
-                    }
+                    _ => {}
                 }
-            });
+            }
+            conn.finish().await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -237,6 +237,8 @@ async fn connect(sh: &Shared, slot: u32, retry: u64, resume: Option<&(u64, Strin
             sock.bind(SocketAddr::new(ip, 0)).map_err(|e| format!("bind {ip}: {e}"))?;
         }
         let stream = sock.connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        // Closed only at the end of the run, and the run waits for its slots first.
+        let _turn = sh.handshakes.acquire().await.map_err(|_| "closed".to_string())?;
         // Small frames: Nagle plus delayed ACKs would add tens of ms to every message.
         let _ = stream.set_nodelay(true);
         let since = resume.map(|(offset, _)| offset.to_string());

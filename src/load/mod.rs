@@ -59,6 +59,11 @@ pub const WRITE_BUFFER: usize = 4 * 1024;
 /// Cap on bytes buffered for one connection: a tick's burst of max-size frames fits; beyond it
 /// the send fails and the connection counts as broken rather than growing without end.
 pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
+/// WebSocket handshakes in flight at once (after the TCP connect; a slot past it waits its turn,
+/// and its connect time includes the wait). Each holds ~10 KiB of buffers while it lasts, and the
+/// heap keeps its high-water mark: unbounded, a 20,000/s ramp left 9.4-10.5 KiB of RSS per idle
+/// connection at 10,000 connections, against 7.6 KiB at 5,000/s.
+pub const MAX_HANDSHAKES: usize = 256;
 /// Largest frame accepted from the server.
 pub const MAX_FRAME: usize = 64 * 1024;
 /// Histogram shards: connections record their latency batches into `slot % SHARDS`, so two
@@ -310,6 +315,8 @@ pub(crate) struct Shared {
     /// Started when every connection should close.
     close: CancellationToken,
     first_attempts: AtomicU64,
+    /// [`MAX_HANDSHAKES`] permits.
+    handshakes: tokio::sync::Semaphore,
     padding: String,
 }
 
@@ -418,6 +425,7 @@ impl Shared {
             traffic_start: OnceLock::new(),
             close: CancellationToken::new(),
             first_attempts: AtomicU64::new(0),
+            handshakes: tokio::sync::Semaphore::new(MAX_HANDSHAKES),
             addrs,
             bases,
             plan,
