@@ -126,16 +126,30 @@ async fn presence_and_room_counts_follow_connects_and_disconnects() {
     let mut bob_b = b.connect("bob").await;
     let (status, p) = get(a.addr, "/api/presence/bob").await;
     assert_eq!(status, 200);
-    assert_eq!(p, json!({"user":"bob","online":true,"nodes":[{"server":"node-a","connections":2},{"server":"node-b","connections":null}]}));
+    // Each node's count as it wrote it to user_conns:bob (written before the connect's 101).
+    assert_eq!(p, json!({"user":"bob","online":true,"nodes":[{"server":"node-a","connections":2},{"server":"node-b","connections":1}]}));
     let (_, p) = get(b.addr, "/api/presence/bob").await;
-    assert_eq!(p["nodes"], json!([{"server":"node-b","connections":1},{"server":"node-a","connections":null}]));
+    assert_eq!(p["nodes"], json!([{"server":"node-b","connections":1},{"server":"node-a","connections":2}]));
+    // A node that writes no counts (a Go node: route, presence and lease only) shows null.
+    redis.cli(&["SADD", "user_servers:bob", "go-node"]);
+    redis.cli(&["SET", "user_online:bob:go-node", "1", "EX", "60"]);
+    redis.cli(&["SET", "server_alive:go-node", "{}", "EX", "60"]);
+    let (_, p) = get(b.addr, "/api/presence/bob").await;
+    assert_eq!(p["nodes"], json!([{"server":"node-b","connections":1},{"server":"go-node","connections":null},{"server":"node-a","connections":2}]));
+    redis.cli(&["SREM", "user_servers:bob", "go-node"]);
     bob_a1.close().await;
+    let addr = b.addr;
+    eventually(RECV_TIMEOUT, "node-a's count down to 1", || async move {
+        get(addr, "/api/presence/bob").await.1["nodes"] == json!([{"server":"node-b","connections":1},{"server":"node-a","connections":1}])
+    })
+    .await;
     bob_a2.close().await;
     let addr = a.addr;
     eventually(RECV_TIMEOUT, "node-a gone from bob's presence", || async move {
-        get(addr, "/api/presence/bob").await.1["nodes"] == json!([{"server":"node-b","connections":null}])
+        get(addr, "/api/presence/bob").await.1["nodes"] == json!([{"server":"node-b","connections":1}])
     })
     .await;
+    assert_eq!(redis.cli(&["HKEYS", "user_conns:bob"]).trim(), "node-b", "node-a's field removed with its route");
 
     // Rooms: two members on node-b, one on node-a.
     bob_b.send(json!({"type":"join","room":"lobby","id":1})).await;

@@ -266,8 +266,8 @@ impl Broker {
         }
     }
 
-    /// The other live nodes holding `user` (none without Redis).
-    pub async fn user_nodes(&self, user: &str) -> Result<Vec<String>, LookupError> {
+    /// The live nodes holding `user`, with the connection counts they wrote (none without Redis).
+    pub async fn user_nodes(&self, user: &str) -> Result<Vec<(String, Option<u64>)>, LookupError> {
         match self {
             Broker::Memory(_) => Ok(Vec::new()),
             Broker::Redis(b) => b.user_nodes(user).await,

@@ -37,6 +37,19 @@ pub fn user_servers_key(user: &str) -> String {
     k
 }
 
+/// `user_conns:<user>`: a HASH of server id -> this user's connections on that node, written by
+/// wsctl nodes beside the route (Go nodes write none) and read by `GET /api/presence/{user}`.
+/// Informational only: routing never reads it.
+pub const USER_CONNS_PREFIX: &str = "user_conns:";
+
+/// `user_conns:<user>`.
+pub fn user_conns_key(user: &str) -> String {
+    let mut k = String::with_capacity(USER_CONNS_PREFIX.len() + user.len());
+    k.push_str(USER_CONNS_PREFIX);
+    k.push_str(user);
+    k
+}
+
 /// `user_online:<user>:<server>`.
 pub fn user_online_key(user: &str, server: &str) -> String {
     let mut k = String::with_capacity(USER_ONLINE_PREFIX.len() + user.len() + 1 + server.len());

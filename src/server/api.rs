@@ -233,15 +233,15 @@ async fn finish(node: &Node, p: Pending) -> (StatusCode, Value) {
 }
 
 /// `GET /api/presence/{user}`: the live nodes holding the user; connection counts exact for this
-/// node, `null` for others (the route table does not carry them).
+/// node, as last written to `user_conns:<u>` for others (`null` from a node that writes none).
 async fn presence(State(node): State<Arc<Node>>, Path(user): Path<String>) -> Response {
     let mut servers = match node.broker.user_nodes(&user).await {
         Ok(s) => s,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     };
     let here = node.hub.count(&user);
-    servers.retain(|s| **s != *node.id);
-    let mut nodes: Vec<Value> = servers.iter().map(|s| json!({"server": s, "connections": null})).collect();
+    servers.retain(|(s, _)| **s != *node.id);
+    let mut nodes: Vec<Value> = servers.iter().map(|(s, n)| json!({"server": s, "connections": n})).collect();
     if here > 0 {
         nodes.insert(0, json!({"server": &*node.id, "connections": here}));
     }

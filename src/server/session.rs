@@ -71,13 +71,13 @@ impl Registration {
         self.outbox.offer(protocol::encode_error(id, err), &self.node.metrics);
     }
 
-    /// Removes the connection; the user's last connection here removes its route.
+    /// Removes the connection; the user's last connection here removes its route, any other
+    /// updates its connection count (`user_conns:<u>`).
     fn release(mut self) {
         self.released = true;
         self.node.rooms.leave_all(self.conn);
-        if self.node.hub.remove(&self.user, self.conn) {
-            self.node.broker.unregister(&self.user);
-        }
+        self.node.hub.remove(&self.user, self.conn);
+        self.node.broker.unregister(&self.user);
     }
 }
 
@@ -86,7 +86,8 @@ impl Drop for Registration {
         if !self.released {
             self.node.rooms.leave_all(self.conn);
         }
-        if !self.released && self.node.hub.remove(&self.user, self.conn) {
+        if !self.released {
+            self.node.hub.remove(&self.user, self.conn);
             self.node.broker.unregister(&self.user);
         }
     }

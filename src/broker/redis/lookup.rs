@@ -23,11 +23,18 @@ pub enum LookupError {
     Redis(#[from] fred::error::Error),
 }
 
-/// The live nodes holding `user` (route entry, presence key and lease all present), sorted.
-pub(crate) async fn user_nodes(client: &Client, user: &str, require_lease: bool) -> Result<Vec<String>, LookupError> {
+/// The live nodes holding `user` (route entry, presence key and lease all present), sorted, with
+/// the user's connections on each as the node last wrote them (`user_conns:<u>`; None from a node
+/// that writes none, e.g. a Go node).
+pub(crate) async fn user_nodes(client: &Client, user: &str, require_lease: bool) -> Result<Vec<(String, Option<u64>)>, LookupError> {
     let lookup = async {
         let servers: Vec<String> = client.smembers(routes::user_servers_key(user)).await?;
-        live(client, servers, |s| Some(routes::user_online_key(user, s)), require_lease).await
+        let alive = live(client, servers, |s| Some(routes::user_online_key(user, s)), require_lease).await?;
+        if alive.is_empty() {
+            return Ok(Vec::new());
+        }
+        let counts: Vec<Option<u64>> = client.hmget(routes::user_conns_key(user), alive.clone()).await?;
+        Ok::<_, fred::error::Error>(alive.into_iter().zip(counts).collect())
     };
     Ok(tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await.map_err(|_| LookupError::Timeout)??)
 }

@@ -283,7 +283,7 @@ impl RedisBroker {
     }
 
     /// The live nodes holding `user`, from the route table (bounded by [`LOOKUP_TIMEOUT`]).
-    pub async fn user_nodes(&self, user: &str) -> Result<Vec<String>, LookupError> {
+    pub async fn user_nodes(&self, user: &str) -> Result<Vec<(String, Option<u64>)>, LookupError> {
         lookup::user_nodes(&self.client, user, self.require_lease).await
     }
 

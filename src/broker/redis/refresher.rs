@@ -100,6 +100,6 @@ impl Refresher {
     }
 
     async fn reassert(&self, users: &[Arc<str>]) -> bool {
-        write_routes(&self.client, &self.server_id, self.cluster, users, &[]).await.is_ok()
+        write_routes(&self.client, &self.server_id, self.cluster, &self.hub, users, &[], &[]).await.is_ok()
     }
 }

@@ -7,6 +7,9 @@
 //! another node's stale-route check (entry present, presence missing => SREM) can then never
 //! remove a route that is being written. On a Cluster the two keys live on different shards, so
 //! the SADDs go out only after the SETs are confirmed.
+//!
+//! Beside the route it keeps the user's connection count on this node in `user_conns:<u>` (a
+//! HASH field per node, same TTL as presence): written with every change, read only by the API.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -63,6 +66,8 @@ pub(crate) struct RouteWriter {
 struct Plan {
     add: Vec<Arc<str>>,
     remove: Vec<Arc<str>>,
+    /// Users whose route stands but whose connection count may have changed.
+    recount: Vec<Arc<str>>,
     waiters: Vec<(Arc<str>, oneshot::Sender<()>)>,
 }
 
@@ -119,6 +124,8 @@ impl RouteWriter {
             let here = self.hub.contains(&u);
             if here && self.leaving.is_none() && (touched.contains(&u) || !self.confirmed.contains(&u)) {
                 plan.add.push(u);
+            } else if here && self.leaving.is_none() {
+                plan.recount.push(u);
             } else if !here {
                 plan.remove.push(u);
             }
@@ -127,11 +134,13 @@ impl RouteWriter {
         plan.add.dedup();
         plan.remove.sort_unstable();
         plan.remove.dedup();
+        plan.recount.sort_unstable();
+        plan.recount.dedup();
         plan
     }
 
     async fn apply(&mut self, plan: Plan) {
-        let ok = plan.add.is_empty() && plan.remove.is_empty() || self.write(&plan.add, &plan.remove).await;
+        let ok = plan.add.is_empty() && plan.remove.is_empty() && plan.recount.is_empty() || self.write(&plan).await;
         if ok {
             for u in &plan.remove {
                 self.confirmed.remove(u);
@@ -139,7 +148,7 @@ impl RouteWriter {
             self.confirmed.extend(plan.add.iter().cloned());
         } else {
             self.metrics.redis_errors.inc();
-            self.retry.extend(plan.add.iter().chain(&plan.remove).cloned());
+            self.retry.extend(plan.add.iter().chain(&plan.remove).chain(&plan.recount).cloned());
         }
         // A waiter is released only when its user's route is confirmed (written now, or before).
         for (u, w) in plan.waiters {
@@ -149,9 +158,10 @@ impl RouteWriter {
         }
     }
 
-    /// Writes adds and removes. Returns whether Redis confirmed all.
-    async fn write(&self, add: &[Arc<str>], remove: &[Arc<str>]) -> bool {
-        write_routes(&self.client, &self.server_id, self.cluster, add, remove)
+    /// Writes adds, removes and counts. Returns whether Redis confirmed all.
+    async fn write(&self, plan: &Plan) -> bool {
+        let counts: Vec<(&str, usize)> = plan.recount.iter().map(|u| (&**u, self.hub.count(u))).collect();
+        write_routes(&self.client, &self.server_id, self.cluster, &self.hub, &plan.add, &plan.remove, &counts)
             .await
             .map_err(|e| warn!(error = %e, "route table write failed; retrying"))
             .is_ok()
@@ -186,17 +196,24 @@ impl RouteWriter {
 }
 
 /// Writes routes for `add` (presence, then set entry: on a Cluster the SADDs go out only once the
-/// SETs are confirmed, as the keys live on different shards) and removes those of `remove`.
+/// SETs are confirmed, as the keys live on different shards) with their connection counts from
+/// `hub`, the counts of `recount`, and removes the routes of `remove`.
 pub(crate) async fn write_routes(
     client: &Client,
     server: &str,
     cluster: bool,
+    hub: &Hub,
     add: &[Arc<str>],
     remove: &[Arc<str>],
+    recount: &[(&str, usize)],
 ) -> Result<(), fred::error::Error> {
     let p = client.pipeline();
     for u in add {
         set_presence(&p, u, server).await;
+        set_count(&p, u, server, hub.count(u)).await;
+    }
+    for &(u, n) in recount {
+        set_count(&p, u, server, n).await;
     }
     for u in remove {
         remove_route(&p, u, server).await;
@@ -219,13 +236,22 @@ async fn set_presence(p: &Pipeline<Client>, user: &str, server: &str) {
     let _: Result<(), _> = p.set(routes::user_online_key(user, server), "1", ttl, None, false).await;
 }
 
+/// `HSET user_conns:<u> <s> <n>` and its TTL (presence's): a dead node's field outlives it only
+/// while another node refreshes the hash, and readers skip nodes without a live route.
+async fn set_count(p: &Pipeline<Client>, user: &str, server: &str, n: usize) {
+    let key = routes::user_conns_key(user);
+    let _: Result<(), _> = p.hset(&key, (server.to_string(), n as u64)).await;
+    let _: Result<(), _> = p.expire(&key, routes::ONLINE_TTL.as_secs() as i64, None).await;
+}
+
 /// `SADD user_servers:<u> <s>`.
 async fn add_entry(p: &Pipeline<Client>, user: &str, server: &str) {
     let _: Result<(), _> = p.sadd(routes::user_servers_key(user), server.to_string()).await;
 }
 
-/// `SREM` the entry and `DEL` the presence key.
+/// `SREM` the entry, `DEL` the presence key and `HDEL` the count.
 pub(crate) async fn remove_route(p: &Pipeline<Client>, user: &str, server: &str) {
     let _: Result<(), _> = p.srem(routes::user_servers_key(user), server.to_string()).await;
     let _: Result<(), _> = p.del(routes::user_online_key(user, server)).await;
+    let _: Result<(), _> = p.hdel(routes::user_conns_key(user), server.to_string()).await;
 }
