@@ -461,13 +461,19 @@ pub(crate) fn count_sequence(
     except: Option<u32>,
 ) -> (u32, i64, u32) {
     let slots = slots.filter(|&k| Some(k) != except);
-    let up = slots.clone().filter(|&k| sh.online[k as usize].load(Relaxed)).count() as u32;
+    let (mut all, mut up) = (0u32, 0u32);
+    for k in slots.clone() {
+        all += 1;
+        up += u32::from(sh.online[k as usize].load(Relaxed));
+    }
     if up == 0 {
         *sent_to_offline += 1;
         return (to, OFFLINE_SEQ, 0);
     }
-    for k in slots.filter(|&k| !sh.online[k as usize].load(Relaxed)) {
-        sh.missed[k as usize].fetch_add(1, Relaxed);
+    if up < all {
+        for k in slots.filter(|&k| !sh.online[k as usize].load(Relaxed)) {
+            sh.missed[k as usize].fetch_add(1, Relaxed);
+        }
     }
     let n = counts.entry(to).or_insert(0);
     *n += 1;
