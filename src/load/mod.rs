@@ -73,6 +73,8 @@ const LATENCY_SHARDS: usize = 16;
 /// connection's route (in Redis, for a fleet) just after the upgrade, and a message sent before
 /// that would be undeliverable.
 pub const SETTLE: Duration = Duration::from_millis(200);
+/// The drain ends only once nothing was delivered for this long (see `drain`).
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
 /// How often the engine checks whether in-flight messages have all arrived during the drain.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// After the run closes its connections, how long the slot tasks get to finish before they are
@@ -488,16 +490,26 @@ async fn ramp(shared: &Arc<Shared>, tracker: &TaskTracker, stop: &CancellationTo
     handles
 }
 
-/// Waits until every owed delivery arrived and every send with an id was answered, or the
-/// drain time is up.
+/// Waits until every owed delivery arrived, every send with an id was answered and nothing
+/// arrived for [`DRAIN_QUIET`], or the drain time is up.
+///
+/// The counters alone can say "settled" too early: a message counted as missed by a receiver
+/// connection that was not up yet (a room member whose join ack its task had not read) still
+/// reaches it and counts as audited, covering for a delivery still in flight.
 async fn drain(shared: &Shared, send_end: Instant) {
     let live = &shared.live;
     live.set_phase(Phase::Draining);
     let drain_end = Instant::now().max(send_end) + shared.config.drain;
+    let (mut delivered, mut changed) = (live.delivered.load(Relaxed), Instant::now());
     loop {
         let now = Instant::now();
+        let d = live.delivered.load(Relaxed);
+        if d != delivered {
+            (delivered, changed) = (d, now);
+        }
         let settled = live.audited.load(Relaxed) >= live.expected.load(Relaxed) && live.acks_waiting.load(Relaxed) == 0;
-        if now >= drain_end || (now >= send_end && settled) {
+        let quiet = now.duration_since(changed) >= DRAIN_QUIET;
+        if now >= drain_end || (now >= send_end && settled && quiet) {
             break;
         }
         tokio::time::sleep(DRAIN_POLL).await;
