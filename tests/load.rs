@@ -271,10 +271,12 @@ fn too_many_connections_for_the_open_file_limit_is_explained() {
 
 #[test]
 fn shipped_profiles_parse() {
-    for name in ["smoke", "chat-10k", "soak", "cross-node"] {
+    for name in ["smoke", "chat-10k", "soak", "cross-node", "cross-node-2k", "rooms"] {
         let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("profiles/{name}.yaml"));
         let p = wsctl::load::Profile::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(p.clients.is_some() && p.duration.is_some(), "{name} sets clients and duration");
+        // A room profile's users are its rooms times their size.
+        let users = p.clients.is_some() || (p.rooms.is_some() && p.room_size.is_some());
+        assert!(users && p.duration.is_some(), "{name} sets its users and duration");
         for a in &p.assert {
             wsctl::load::Assertion::parse(a).unwrap_or_else(|e| panic!("{name}: {e}"));
         }

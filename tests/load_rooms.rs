@@ -182,3 +182,26 @@ fn room_settings_are_checked_and_name_the_bad_value() {
     assert!(bad(&|c| c.api_publish = 10.0).contains("--api-key"));
     assert!(bad(&|c| (c.api_publish, c.api_key) = (-1.0, Some("k".into()))).contains("api-publish"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rooms_profile_runs_from_the_command_line() {
+    let n = node("lrp", None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("rooms.json");
+    // The shipped profile, made small: its users come from --rooms x --room-size.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsctl"))
+        .args(["load", "--quiet", "--profile", concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/rooms.yaml")])
+        .args(["--url", &url(n.addr), "--rooms", "3", "--room-size", "4", "--total-rate", "30", "--duration", "1s", "--drain", "2s", "--json"])
+        .arg(&json)
+        .output()
+        .await
+        .expect("wsctl runs");
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!((r["run"]["pattern"].as_str(), r["run"]["clients"].as_u64()), (Some("room"), Some(12)));
+    let sent = r["messages"]["sent"].as_u64().unwrap();
+    assert!(sent > 0);
+    assert_eq!(r["audit"]["expected"].as_u64(), Some(sent * 3), "{}", r["audit"]);
+    assert_eq!((r["audit"]["lost"].as_u64(), r["audit"]["echoed"].as_u64()), (Some(0), Some(0)));
+    n.stop().await;
+}
