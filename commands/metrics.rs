@@ -78,9 +78,10 @@ pub struct TailArgs {
     pub settings: crate::config::ConfigFileArgs,
 }
 
+/// The Prometheus state is boxed: it is large, and the enum is as large as its largest case.
 enum Source {
     CloudWatch(CloudWatchTail),
-    Prometheus(PrometheusTail),
+    Prometheus(Box<PrometheusTail>),
 }
 
 impl Source {
@@ -118,7 +119,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("--prometheus wants http://host:port/metrics, got {u:?}");
             }
         }
-        Source::Prometheus(PrometheusTail::new(args.prometheus.clone()))
+        Source::Prometheus(Box::new(PrometheusTail::new(args.prometheus.clone())))
     } else {
         validate_period(period)?;
         if args.since < period {

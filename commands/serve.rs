@@ -129,7 +129,7 @@ impl ServeArgs {
             require_lease: !self.mixed_fleet,
             api_key: self.api_key.clone().filter(|k| !k.is_empty()),
             security: self.security.config()?,
-            history: self.history.then(|| HistoryConfig { size: self.history_size, ttl: self.history_ttl }),
+            history: self.history.then_some(HistoryConfig { size: self.history_size, ttl: self.history_ttl }),
         })
     }
 }

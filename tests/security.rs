@@ -509,7 +509,9 @@ async fn hostile_handshakes_each_get_their_status() {
     let auth = Node::start("auth", None, auth_on()).await;
     let exp = now_s() + 600;
     let t = |claims: Value| signed(claims, Algorithm::HS256, SECRET);
-    let cases: Vec<(String, Vec<(&str, String)>, u16)> = vec![
+    // (query, headers, expected status)
+    type Case<'a> = (String, Vec<(&'a str, String)>, u16);
+    let cases: Vec<Case> = vec![
         ("token=abc".into(), vec![], 401),
         ("token=a.b.c".into(), vec![], 401),
         (String::new(), vec![("authorization", "Basic YWxpY2U6eA==".into())], 401),

@@ -417,7 +417,7 @@ async fn probe(w: &Watch) {
     let ping = tokio::time::timeout(PROBE_TIMEOUT, w.client.ping::<String>(None)).await;
     if matches!(ping, Ok(Ok(_))) && w.health.restore() {
         info!("Redis answers again: remote sends resume");
-        reassert(&w).await;
+        reassert(w).await;
     }
 }
 
