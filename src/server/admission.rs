@@ -24,8 +24,8 @@ use super::http::HttpLimits;
 use super::ratelimit::RateLimit;
 use crate::protocol::{self, UserIdError};
 
-/// Default `--max-connections`: about 760 MB of RSS at the idle cost measured by
-/// scripts/bench-idle-rss (7.6 KiB per connection), well within a raised open-file limit; busy
+/// Default `--max-connections`: about 870 MB of RSS at the idle cost measured by
+/// scripts/bench-idle-rss (8.9 KiB per connection), well within a raised open-file limit; busy
 /// connections cost more (send queues). A node past it answers 503 and the client (or a load
 /// balancer retrying) tries another.
 pub const MAX_CONNECTIONS: usize = 100_000;
