@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::audit::SentCounts;
 use super::client::count_sequence;
 use super::report::{count_bounded, new_histogram, ApiStats};
-use super::schedule::OFFLINE_SEQ;
+use super::schedule::{write_stamped, Stamp, OFFLINE_SEQ};
 use super::Shared;
 
 /// Requests waiting for their answer at once. A publish due while this many wait is skipped
@@ -130,18 +130,12 @@ type Sent = (u32, i64, u32);
 /// Picks an audience (a random user, or room), counts its sequence and writes the body.
 fn publish_body(sh: &Shared, out: &mut ApiOutcome, rng: &mut SmallRng, intended: Instant) -> (Sent, String) {
     let plan = &sh.plan;
-    let c = plan.connections_per_user;
-    let (to, slots, target) = if plan.room_size > 0 {
-        let r = rng.random_range(0..plan.rooms());
-        (r, plan.room_slots(r), format!("\"room\":{}", plan.room_names_json[r as usize]))
-    } else {
-        let u = rng.random_range(0..plan.users);
-        (u, u * c..(u + 1) * c, format!("\"receiverID\":{}", plan.names_json[u as usize]))
-    };
-    let (to, seq, up) = count_sequence(sh, &mut out.sent_counts, &mut out.sent_to_offline, to, slots, None);
+    let to = rng.random_range(0..plan.audiences());
+    let (to, seq, up) = count_sequence(sh, &mut out.sent_counts, &mut out.sent_to_offline, to, plan.audience_slots(to), None);
     sh.live.expected.fetch_add(u64::from(up), Relaxed);
-    let ns = intended.duration_since(sh.epoch).as_nanos() as u64;
-    let body = format!("{{{target},\"type\":\"{API_TYPE}\",\"payload\":[{},{seq},{ns},\"{}\"]}}", plan.slots(), sh.padding);
+    let stamp = Stamp { sender_slot: plan.slots(), seq, intended_ns: intended.duration_since(sh.epoch).as_nanos() as u64, padding: &sh.padding };
+    let mut body = String::with_capacity(sh.frame_capacity);
+    write_stamped(&mut body, API_TYPE, plan.audience(to), stamp, None);
     ((to, seq, up), body)
 }
 

@@ -22,7 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::acks::{AckWindow, Verdict};
 use super::audit::{ReceiverAudit, SentCounts, Seen};
 use super::report::{count_bounded, FrameStats};
-use super::schedule::{write_chat, write_join, write_room, JOIN_ID, OFFLINE_SEQ};
+use super::schedule::{write_join, write_stamped, Stamp, JOIN_ID, OFFLINE_SEQ};
 use super::wire::{self, Incoming, Unrecognized};
 use super::Shared;
 
@@ -195,7 +195,7 @@ async fn connected(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> bool {
     s.out.ever_connected = true;
     s.connected_since = Instant::now();
     // A room member is online once its join is acked (`on_message`).
-    if sh.plan.room_size == 0 {
+    if !sh.plan.rooms_mode() {
         sh.online[slot].store(true, Relaxed);
     }
     let up = sh.live.connected.fetch_add(1, Relaxed) + 1;
@@ -269,7 +269,7 @@ async fn drive(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> End {
     let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
     let mut check = true;
-    if sh.plan.room_size > 0 {
+    if sh.plan.rooms_mode() {
         let room = &sh.plan.room_names_json[sh.plan.room_of(s.user) as usize];
         if let Err(e) = ws.send(Message::text(write_join(room))).await {
             return End::Unexpected(classify(&e));
@@ -394,7 +394,7 @@ async fn send_due(ws: &mut Ws, sh: &Shared, s: &mut Slot, now: Instant) -> Resul
     s.last_send_wake = now;
     let (mut sent, mut owed) = (0u32, 0u64);
     while next <= now && next < s.send_end {
-        let not_member = sh.plan.room_size > 0 && !sh.online[s.out.slot as usize].load(Relaxed);
+        let not_member = sh.plan.rooms_mode() && !sh.online[s.out.slot as usize].load(Relaxed);
         if next < s.connected_since || not_member {
             // This user was offline then (or not yet in its room): a real client would not have
             // sent it.
@@ -408,11 +408,9 @@ async fn send_due(ws: &mut Ws, sh: &Shared, s: &mut Slot, now: Instant) -> Resul
             let id = s.out.acks.as_mut().map(|a| a.send(to, seq, now));
             let intended = next.duration_since(sh.epoch).as_nanos() as u64;
             let mut frame = String::with_capacity(sh.frame_capacity);
-            if sh.plan.room_size > 0 {
-                write_room(&mut frame, &sh.plan.room_names_json[to as usize], s.out.slot, seq, intended, &sh.padding, id);
-            } else {
-                write_chat(&mut frame, &sh.plan.names_json[to as usize], s.out.slot, seq, intended, &sh.padding, id);
-            }
+            let audience = sh.plan.audience(to);
+            let stamp = Stamp { sender_slot: s.out.slot, seq, intended_ns: intended, padding: &sh.padding };
+            write_stamped(&mut frame, audience.message_type(), audience, stamp, id);
             ws.feed(Message::text(frame)).await?;
             sent += 1;
         }
@@ -432,22 +430,20 @@ async fn send_due(ws: &mut Ws, sh: &Shared, s: &mut Slot, now: Instant) -> Resul
 /// receiver with every connection down gets [`OFFLINE_SEQ`], kept out of the audit. With rooms
 /// the receiver is the sender's room, and the connections up its other joined members.
 fn pick_and_count(sh: &Shared, s: &mut Slot) -> (u32, i64, u32) {
-    if sh.plan.room_size > 0 {
-        let room = sh.plan.room_of(s.user);
-        let members = sh.plan.room_slots(room);
+    let plan = &sh.plan;
+    if plan.rooms_mode() {
+        let room = plan.room_of(s.user);
         let except = Some(s.out.slot);
-        return count_sequence(sh, &mut s.out.sent_counts, &mut s.out.sent_to_offline, room, members, except);
+        return count_sequence(sh, &mut s.out.sent_counts, &mut s.out.sent_to_offline, room, plan.room_slots(room), except);
     }
-    let c = sh.plan.connections_per_user;
-    let to = sh.plan.pick(s.user, &mut s.rng);
-    let first = to * c;
+    let to = plan.pick(s.user, &mut s.rng);
     if sh.config.resume {
         // History replays what a resuming connection missed: every connection is owed it.
         let n = s.out.sent_counts.entry(to).or_insert(0);
         *n += 1;
-        return (to, i64::from(*n - 1), c);
+        return (to, i64::from(*n - 1), plan.connections_per_user);
     }
-    count_sequence(sh, &mut s.out.sent_counts, &mut s.out.sent_to_offline, to, first..first + c, None)
+    count_sequence(sh, &mut s.out.sent_counts, &mut s.out.sent_to_offline, to, plan.audience_slots(to), None)
 }
 
 /// The next sequence for audience `to` (a user, or a room) whose connections are `slots`, less
@@ -511,7 +507,7 @@ fn on_message(sh: &Shared, s: &mut Slot, m: Message) -> Option<u16> {
         }
         Incoming::Ack { id, online } => {
             count_bounded(&mut s.out.frames.by_type, "ack", 1);
-            if sh.plan.room_size > 0 && id == Some(i128::from(JOIN_ID)) {
+            if sh.plan.rooms_mode() && id == Some(i128::from(JOIN_ID)) {
                 sh.online[s.out.slot as usize].store(true, Relaxed);
             } else if let Some(id) = id {
                 on_answer(sh, s, id, Verdict::Ack { online }, text);
@@ -525,7 +521,7 @@ fn on_message(sh: &Shared, s: &mut Slot, m: Message) -> Option<u16> {
             count_bounded(&mut s.out.server_errors, &code, 1);
             sh.live.errors.fetch_add(1, Relaxed);
             sh.live.count_error(&code);
-            if let Some(id) = id.filter(|&id| sh.plan.room_size == 0 || id != i128::from(JOIN_ID)) {
+            if let Some(id) = id.filter(|&id| !sh.plan.rooms_mode() || id != i128::from(JOIN_ID)) {
                 on_answer(sh, s, id, Verdict::Refused(&code), text);
             }
         }
@@ -565,7 +561,7 @@ fn unrecognized(s: &mut Slot, why: Unrecognized, text: &str) {
 
 /// A delivered message: bounds-checked, audited, timed.
 fn on_stamp(sh: &Shared, s: &mut Slot, sender_slot: i128, seq: i128, intended_ns: i128, text: &str) {
-    if sh.plan.room_size > 0 && sender_slot == i128::from(s.out.slot) {
+    if sh.plan.rooms_mode() && sender_slot == i128::from(s.out.slot) {
         // A room message is never for the connection that sent it.
         s.out.audit.echoed += 1;
         return;

@@ -543,10 +543,9 @@ fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, api: Optio
         messages.delivered_per_s = messages.delivered as f64 / traffic_seconds;
     }
     let sent_to_offline = outcomes.iter().map(|o| o.sent_to_offline).sum::<u64>() + api.as_ref().map_or(0, |a| a.sent_to_offline);
-    let rooms = sh.plan.room_size > 0;
     let api_sender = api.as_ref().map(|a| SenderAuditInput { slot: sh.plan.slots(), counts: &a.sent_counts, not_accepted: &a.not_accepted, unowed_when_refused: true });
     let conclusion = audit::conclude(
-        if rooms { sh.plan.rooms() } else { sh.plan.users },
+        sh.plan.audiences(),
         sh.plan.connections_per_user,
         outcomes
             .iter()
@@ -560,7 +559,7 @@ fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, api: Optio
         outcomes.iter().map(|o| SlotAuditInput {
             slot: o.slot,
             user: sh.plan.user_of(o.slot),
-            audience: if rooms { sh.plan.room_of(sh.plan.user_of(o.slot)) } else { sh.plan.user_of(o.slot) },
+            audience: sh.plan.audience_of(sh.plan.user_of(o.slot)),
             audit: &o.audit,
             missed_while_offline: sh.missed[o.slot as usize].load(Relaxed),
         }),

@@ -88,6 +88,48 @@ impl Plan {
         user / self.room_size.max(1)
     }
 
+    /// Whether this run's messages go to rooms (`Pattern::Room`).
+    pub fn rooms_mode(&self) -> bool {
+        self.room_size > 0
+    }
+
+    /// How many audiences there are: local users, or with rooms local rooms.
+    pub fn audiences(&self) -> u32 {
+        if self.rooms_mode() {
+            self.rooms()
+        } else {
+            self.users
+        }
+    }
+
+    /// The audience local user `user` receives as: itself, or with rooms its room.
+    pub fn audience_of(&self, user: u32) -> u32 {
+        if self.rooms_mode() {
+            self.room_of(user)
+        } else {
+            user
+        }
+    }
+
+    /// Audience `to`: a local user, or with rooms a local room.
+    pub fn audience(&self, to: u32) -> Audience<'_> {
+        if self.rooms_mode() {
+            Audience::Room(&self.room_names_json[to as usize])
+        } else {
+            Audience::User(&self.names_json[to as usize])
+        }
+    }
+
+    /// The connection slots of audience `to` (see [`Plan::audience`]).
+    pub fn audience_slots(&self, to: u32) -> std::ops::Range<u32> {
+        if self.rooms_mode() {
+            self.room_slots(to)
+        } else {
+            let c = self.connections_per_user;
+            to * c..(to + 1) * c
+        }
+    }
+
     /// The connection slots of local room `room`'s members.
     pub fn room_slots(&self, room: u32) -> std::ops::Range<u32> {
         let c = self.connections_per_user;
@@ -160,24 +202,45 @@ impl Plan {
 /// it is counted apart and kept out of the loss audit.
 pub const OFFLINE_SEQ: i64 = -1;
 
-/// Writes a `chat_message` frame into `out` (cleared first). `receiver_json` is the receiver id
-/// as a JSON string literal ([`Plan::names_json`]). The payload is a JSON array
-/// `[sender_slot, sequence, intended_ns, "padding"]`; `id` asks the server for an ack.
-pub fn write_chat(out: &mut String, receiver_json: &str, sender_slot: u32, seq: i64, intended_ns: u64, padding: &str, id: Option<u64>) {
-    out.clear();
-    // Infallible: writing to a String.
-    let _ = write!(out, "{{\"type\":\"chat_message\",\"receiverID\":{receiver_json},\"payload\":[{sender_slot},{seq},{intended_ns},\"{padding}\"]");
-    if let Some(id) = id {
-        let _ = write!(out, ",\"id\":{id}");
-    }
-    out.push('}');
+/// Whom a stamped message is for, with the name as a JSON string literal
+/// ([`Plan::names_json`], [`Plan::room_names_json`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Audience<'a> {
+    User(&'a str),
+    Room(&'a str),
 }
 
-/// Writes a `room_message` frame into `out` (cleared first), with the same payload stamp as
-/// [`write_chat`]. `room_json` is the room's name as a JSON string literal.
-pub fn write_room(out: &mut String, room_json: &str, sender_slot: u32, seq: i64, intended_ns: u64, padding: &str, id: Option<u64>) {
+impl Audience<'_> {
+    /// The frame type a client sends to it.
+    pub fn message_type(self) -> &'static str {
+        match self {
+            Audience::User(_) => "chat_message",
+            Audience::Room(_) => "room_message",
+        }
+    }
+}
+
+/// What every message carries, read back by `wire`: the payload
+/// `[sender_slot, seq, intended_ns, "padding"]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp<'a> {
+    pub sender_slot: u32,
+    pub seq: i64,
+    pub intended_ns: u64,
+    pub padding: &'a str,
+}
+
+/// Writes `{"type":kind,"receiverID"|"room":..,"payload":[stamp]}` into `out` (cleared first),
+/// with `"id"` when given (it asks the server for an ack).
+pub fn write_stamped(out: &mut String, kind: &str, to: Audience<'_>, stamp: Stamp<'_>, id: Option<u64>) {
     out.clear();
-    let _ = write!(out, "{{\"type\":\"room_message\",\"room\":{room_json},\"payload\":[{sender_slot},{seq},{intended_ns},\"{padding}\"]");
+    let (key, name) = match to {
+        Audience::User(n) => ("receiverID", n),
+        Audience::Room(n) => ("room", n),
+    };
+    let Stamp { sender_slot, seq, intended_ns, padding } = stamp;
+    // Infallible: writing to a String.
+    let _ = write!(out, "{{\"type\":\"{kind}\",\"{key}\":{name},\"payload\":[{sender_slot},{seq},{intended_ns},\"{padding}\"]");
     if let Some(id) = id {
         let _ = write!(out, ",\"id\":{id}");
     }
@@ -203,7 +266,8 @@ mod tests {
         c.clients = 2;
         let plan = Plan::new(&c);
         let mut s = String::new();
-        write_chat(&mut s, &plan.names_json[1], 7, 42, 123456789, "xx", Some(9));
+        let stamp = Stamp { sender_slot: 7, seq: 42, intended_ns: 123456789, padding: "xx" };
+        write_stamped(&mut s, "chat_message", plan.audience(1), stamp, Some(9));
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["receiverID"], "q\"\\ é+%&#1");
         assert_eq!((v["id"].as_u64(), &v["payload"]), (Some(9), &serde_json::json!([7, 42, 123456789, "xx"])));
@@ -223,7 +287,8 @@ mod tests {
         assert_eq!((plan.room_of(0), plan.room_of(3), plan.room_of(4), plan.room_of(11)), (0, 0, 1, 2));
         assert_eq!((plan.room_slots(0), plan.room_slots(2)), (0..8, 16..24));
         let mut s = String::new();
-        write_room(&mut s, &plan.room_names_json[1], 3, 4, 5, "xx", Some(6));
+        let stamp = Stamp { sender_slot: 3, seq: 4, intended_ns: 5, padding: "xx" };
+        write_stamped(&mut s, plan.audience(1).message_type(), plan.audience(1), stamp, Some(6));
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v, serde_json::json!({"type":"room_message","room":"load-room-3","payload":[3,4,5,"xx"],"id":6}));
         let j: serde_json::Value = serde_json::from_str(&write_join(&plan.room_names_json[2])).unwrap();

@@ -84,7 +84,7 @@ struct Envelope<'a> {
     nodes: Option<WireInt>,
 }
 
-/// Our payload: `[sender_slot, seq, intended_ns, padding...]` (see `schedule::write_chat`).
+/// Our payload: `[sender_slot, seq, intended_ns, padding...]` (see `schedule::write_stamped`).
 /// Elements after the third are skipped whatever they are.
 struct RawStamp(WireInt, WireInt, WireInt);
 
