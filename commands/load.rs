@@ -499,9 +499,9 @@ fn api_row(k: &wsctl::load::ApiStats) -> String {
     let map = |m: &std::collections::BTreeMap<String, u64>| if m.is_empty() { "none".to_string() } else { m.iter().map(|(c, n)| format!("{c}: {n}")).collect::<Vec<_>>().join(", ") };
     let l = &k.latency_ms;
     format!(
-        "{} of {:.1}/s made: {} reached someone, {} no one, refused {}, failed {}, {} skipped (too many waiting)\n\
+        "{} of {:.1}/s made: {} reached someone, {} no one, refused {}, failed {}, {} skipped (too many waiting), {} untracked\n\
          request latency p50 {:.2}  p99 {:.2}  max {:.2} ms",
-        k.sent, k.rate, k.online, k.offline, map(&k.refused), map(&k.failed), k.skipped, l.p50_ms, l.p99_ms, l.max_ms
+        k.sent, k.rate, k.online, k.offline, map(&k.refused), map(&k.failed), k.skipped, k.untracked, l.p50_ms, l.p99_ms, l.max_ms
     )
 }
 

@@ -80,12 +80,7 @@ impl AckWindow {
     }
 
     fn remember(&mut self, to: u32, seq: i64) {
-        let Ok(seq) = u32::try_from(seq) else { return };
-        if self.not_accepted.len() < MAX_REFUSED_TRACKED {
-            self.not_accepted.push((to, seq));
-        } else {
-            self.stats.untracked += 1;
-        }
+        remember(&mut self.not_accepted, &mut self.stats.untracked, to, seq);
     }
 
     /// Records an answer; returns the send-to-answer time, or None for an id we are not waiting
@@ -132,6 +127,18 @@ impl AckWindow {
             }
         }
         n
+    }
+}
+
+/// Keeps (`to`, `seq`) of an audited send that was not accepted, within
+/// [`MAX_REFUSED_TRACKED`]; beyond it counts it in `untracked`. Unaudited sends (`OFFLINE_SEQ`)
+/// are not kept.
+pub(crate) fn remember(not_accepted: &mut Vec<(u32, u32)>, untracked: &mut u64, to: u32, seq: i64) {
+    let Ok(seq) = u32::try_from(seq) else { return };
+    if not_accepted.len() < MAX_REFUSED_TRACKED {
+        not_accepted.push((to, seq));
+    } else {
+        *untracked += 1;
     }
 }
 

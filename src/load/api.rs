@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::audit::SentCounts;
 use super::client::count_sequence;
 use super::report::{count_bounded, new_histogram, ApiStats};
-use super::schedule::{write_stamped, Stamp, OFFLINE_SEQ};
+use super::schedule::{write_stamped, Stamp};
 use super::Shared;
 
 /// Requests waiting for their answer at once. A publish due while this many wait is skipped
@@ -184,13 +184,10 @@ fn settle(sh: &Shared, out: &mut ApiOutcome, done: Result<(Sent, Fate, Duration)
             false
         }
     };
-    if !accepted && seq != OFFLINE_SEQ {
-        // Owed to no one now: the drain need not wait for it.
+    if !accepted {
+        // Owed to no one now (an unaudited publish was owed to no one anyway: up is 0): the drain
+        // need not wait for it.
         sh.live.expected.fetch_sub(u64::from(up), Relaxed);
-        if let Ok(seq) = u32::try_from(seq) {
-            if out.not_accepted.len() < super::acks::MAX_REFUSED_TRACKED {
-                out.not_accepted.push((to, seq));
-            }
-        }
+        super::acks::remember(&mut out.not_accepted, &mut out.stats.untracked, to, seq);
     }
 }

@@ -319,6 +319,10 @@ pub struct ApiStats {
     pub failed: BTreeMap<String, u64>,
     /// Due while the most requests allowed in flight were waiting: not made.
     pub skipped: u64,
+    /// Not accepted beyond the tracking bound (`acks::MAX_REFUSED_TRACKED`): still owed in the
+    /// audit, which cannot tell them apart.
+    #[serde(default)]
+    pub untracked: u64,
     /// Request to answer.
     pub latency_ms: Percentiles,
 }
@@ -332,6 +336,7 @@ impl ApiStats {
         add_map(&mut self.refused, &o.refused);
         add_map(&mut self.failed, &o.failed);
         self.skipped += o.skipped;
+        self.untracked += o.untracked;
     }
 }
 
