@@ -160,8 +160,7 @@ impl RouteWriter {
 
     /// Writes adds, removes and counts. Returns whether Redis confirmed all.
     async fn write(&self, plan: &Plan) -> bool {
-        let counts: Vec<(&str, usize)> = plan.recount.iter().map(|u| (&**u, self.hub.count(u))).collect();
-        write_routes(&self.client, &self.server_id, self.cluster, &self.hub, &plan.add, &plan.remove, &counts)
+        write_routes(&self.client, &self.server_id, self.cluster, &self.hub, &plan.add, &plan.remove, &plan.recount)
             .await
             .map_err(|e| warn!(error = %e, "route table write failed; retrying"))
             .is_ok()
@@ -196,8 +195,8 @@ impl RouteWriter {
 }
 
 /// Writes routes for `add` (presence, then set entry: on a Cluster the SADDs go out only once the
-/// SETs are confirmed, as the keys live on different shards) with their connection counts from
-/// `hub`, the counts of `recount`, and removes the routes of `remove`.
+/// SETs are confirmed, as the keys live on different shards), writes the connection counts
+/// from `hub` of those and of `recount`, and removes the routes of `remove`.
 pub(crate) async fn write_routes(
     client: &Client,
     server: &str,
@@ -205,15 +204,14 @@ pub(crate) async fn write_routes(
     hub: &Hub,
     add: &[Arc<str>],
     remove: &[Arc<str>],
-    recount: &[(&str, usize)],
+    recount: &[Arc<str>],
 ) -> Result<(), fred::error::Error> {
     let p = client.pipeline();
     for u in add {
         set_presence(&p, u, server).await;
-        set_count(&p, u, server, hub.count(u)).await;
     }
-    for &(u, n) in recount {
-        set_count(&p, u, server, n).await;
+    for u in add.iter().chain(recount) {
+        set_count(&p, u, server, hub.count(u)).await;
     }
     for u in remove {
         remove_route(&p, u, server).await;
