@@ -149,14 +149,8 @@ async fn faulty_server() -> FaultyServer {
         let (users, counter, dropped, duplicated) = (users.clone(), counter.clone(), d.clone(), du.clone());
         async move {
             let Some(mut conn) = ws::Conn::accept(stream).await else { return };
-            let user = conn.param("userId").unwrap_or_default().to_string();
-            users.lock().unwrap().insert(user.clone(), conn.outbox.clone());
-            while let Some(t) = conn.next_text().await {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["type"] != "chat_message" {
-                    continue;
-                }
-                let to = v["receiverID"].as_str().unwrap().to_string();
+            let user = conn.join(&users);
+            while let Some((to, v)) = conn.next_chat().await {
                 let env = serde_json::json!({"type": "chat_message", "payload": v["payload"], "receiverID": to, "senderId": user});
                 let n = counter.fetch_add(1, Ordering::SeqCst);
                 let copies = if n % 10 == 3 {

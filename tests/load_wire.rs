@@ -125,14 +125,8 @@ async fn relay(style: Style) -> (SocketAddr, Arc<AtomicU64>) {
 
 async fn relay_connection(stream: tokio::net::TcpStream, users: Users, relayed: Arc<AtomicU64>, style: Style) {
     let Some(mut conn) = ws::Conn::accept(stream).await else { return };
-    let user = conn.param("userId").unwrap_or_default().to_string();
-    users.lock().unwrap().insert(user.clone(), conn.outbox.clone());
-    while let Some(t) = conn.next_text().await {
-        let v: Value = serde_json::from_str(&t).unwrap();
-        if v["type"] != "chat_message" {
-            continue;
-        }
-        let to = v["receiverID"].as_str().unwrap().to_string();
+    let user = conn.join(&users);
+    while let Some((to, v)) = conn.next_chat().await {
         let env = json!({"type": "chat_message", "payload": v["payload"], "receiverID": to, "senderId": user, "timestamp": "2026-01-02T03:04:05.123456789Z"});
         let n = relayed.fetch_add(1, Ordering::SeqCst);
         let target = users.lock().unwrap().get(&to).cloned();

@@ -94,6 +94,25 @@ impl Conn {
         None
     }
 
+    /// Puts this connection's outbox in `users` under its `userId`, and returns the id.
+    pub fn join(&self, users: &Users) -> String {
+        let user = self.param("userId").unwrap_or_default().to_string();
+        users.lock().unwrap().insert(user.clone(), self.outbox.clone());
+        user
+    }
+
+    /// The next `chat_message` frame, parsed, with its `receiverID`; other text frames are
+    /// skipped. None once the connection ends (see [`Conn::next_text`]).
+    pub async fn next_chat(&mut self) -> Option<(String, serde_json::Value)> {
+        while let Some(t) = self.next_text().await {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "chat_message" {
+                return Some((v["receiverID"].as_str().unwrap().to_string(), v));
+            }
+        }
+        None
+    }
+
     /// Waits for the writer task: it ends after writing a close frame or when a write fails.
     pub async fn finish(self) {
         let _ = self.writer.await;
