@@ -1,26 +1,26 @@
 //! One simulated connection slot: connect (bound to a source address when asked), send on the
 //! open-model schedule, receive and audit, heartbeat, report latency, reconnect with jittered
-//! backoff, close cleanly. One task per slot owns its socket, its schedule and its audit, so the
-//! per-message path takes no lock: latency samples go to a shared histogram shard in batches.
+//! backoff. A task per slot connects and upgrades, then hands the socket and the slot's state to
+//! a connection loop (`driver.rs`), which calls the functions here for its timers and frames.
+//! One owner at a time, so the per-message path takes no lock: latency samples go to a shared
+//! histogram shard in batches.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::TcpSocket;
 
 use super::acks::{AckWindow, Verdict};
 use super::audit::{ReceiverAudit, SentCounts, Seen};
+use super::driver::Handoff;
+use super::frame::Outbox;
 use super::report::{count_bounded, FrameStats};
 use super::schedule::{write_join, write_stamped, Stamp, JOIN_ID, OFFLINE_SEQ};
 use super::wire::{self, Incoming, Unrecognized};
@@ -34,18 +34,19 @@ const LATENCY_BATCH_AGE: Duration = Duration::from_millis(500);
 /// Smallest gap between two send wake-ups of one connection. Messages due in between go out in
 /// one write; their lateness is measured (latency counts from the intended time).
 const MIN_SEND_TICK: Duration = Duration::from_millis(2);
-/// A send that starts this long after its intended time counts as late in the report (tokio
-/// timers fire up to ~1 ms after their deadline, so anything under 5 ms is just the timer).
+/// A send that starts this long after its intended time counts as late in the report (epoll
+/// waits in whole milliseconds, so a loop wakes up to ~1 ms after a deadline: anything under
+/// 5 ms is just the timer).
 const LATE_SEND: Duration = Duration::from_millis(5);
 /// How long we wait for the server to answer our close frame.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most peers a connection's audit maps are sized for when traffic starts (they grow past it).
+const AUDIT_PRESIZE: u32 = 1024;
 /// First reconnect delay; doubled per failed attempt up to [`RECONNECT_MAX`], with ±50% jitter
 /// so a drained node's clients do not come back as one wave.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// Longest reconnect delay: long enough to spare a struggling node, short enough for a test run.
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
-
-type Ws = WebSocketStream<TcpStream>;
 
 /// What a slot did, handed back when it ends.
 #[derive(Debug, Default)]
@@ -76,7 +77,7 @@ pub(crate) struct SlotOutcome {
 }
 
 /// How a connection ended.
-enum End {
+pub(crate) enum End {
     /// We closed it (end of run).
     Ours { clean: bool },
     /// The server or the network did.
@@ -84,7 +85,7 @@ enum End {
 }
 
 /// Per-slot state that lives across reconnects.
-struct Slot {
+pub(crate) struct Slot {
     out: SlotOutcome,
     user: u32,
     rng: SmallRng,
@@ -101,20 +102,20 @@ struct Slot {
     /// Latency since the last `latency_report`, for its mean.
     report_sum_us: u64,
     report_n: u64,
-    /// Frames of type `chat_message` (see `on_message`).
+    /// Frames of type `chat_message` (see `on_data`).
     chat_frames: u64,
     /// `--resume`: the highest history offset delivered to this connection, and its epoch.
     resume_from: Option<(u64, String)>,
 }
 
 impl Slot {
-    fn new(sh: &Shared, slot: u32) -> Slot {
+    fn new(sh: &Shared, slot: u32) -> Box<Slot> {
         let now = Instant::now();
         let cfg = &sh.config;
         let rate = cfg.rate_per_connection();
         let mut rng = SmallRng::from_rng(&mut rand::rng());
         let hb_phase = cfg.heartbeat.mul_f64(rng.random::<f64>());
-        Slot {
+        Box::new(Slot {
             out: SlotOutcome { slot, acks: cfg.ack.then(AckWindow::new), ..SlotOutcome::default() },
             user: sh.plan.user_of(slot),
             rng,
@@ -133,7 +134,7 @@ impl Slot {
             report_n: 0,
             chat_frames: 0,
             resume_from: None,
-        }
+        })
     }
 }
 
@@ -157,9 +158,11 @@ pub(crate) async fn run_slot(sh: Arc<Shared>, slot: u32) -> SlotOutcome {
         }
         let Some(attempt) = attempt else { break };
         match attempt {
-            Ok(mut ws) => {
+            Ok((stream, early)) => {
                 backoff = RECONNECT_MIN;
-                if connected(&mut ws, &sh, &mut s).await {
+                let ours;
+                (s, ours) = connected(&sh, s, stream, early).await;
+                if ours {
                     break;
                 }
             }
@@ -189,26 +192,36 @@ pub(crate) async fn run_slot(sh: Arc<Shared>, slot: u32) -> SlotOutcome {
     s.out
 }
 
-/// Runs one live connection and counts how it ended; true when the run closed it (no retry).
-async fn connected(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> bool {
-    let slot = s.out.slot as usize;
+/// Hands one live connection to its loop and counts how it ended; true when the run closed it
+/// (no retry).
+async fn connected(sh: &Shared, mut s: Box<Slot>, stream: std::net::TcpStream, early: Vec<u8>) -> (Box<Slot>, bool) {
+    let slot = s.out.slot;
     s.out.ever_connected = true;
     s.connected_since = Instant::now();
-    // A room member is online once its join is acked (`on_message`).
+    // A room member is online once its join is acked (`on_data`).
     if !sh.plan.rooms_mode() {
-        sh.online[slot].store(true, Relaxed);
+        sh.online[slot as usize].store(true, Relaxed);
     }
     let up = sh.live.connected.fetch_add(1, Relaxed) + 1;
     sh.live.peak.fetch_max(up, Relaxed);
-    let end = drive(ws, sh, s).await;
-    sh.online[slot].store(false, Relaxed);
+    let (done, ended) = tokio::sync::oneshot::channel();
+    sh.loops.hand_over(slot, Handoff { stream, early, slot: s, done });
+    let Ok((mut s, end)) = ended.await else {
+        // The loop is gone (it ended or panicked) with this slot's state.
+        let mut s = Slot::new(sh, slot);
+        s.out.ever_connected = true;
+        sh.online[slot as usize].store(false, Relaxed);
+        sh.live.connected.fetch_sub(1, Relaxed);
+        return (s, true);
+    };
+    sh.online[slot as usize].store(false, Relaxed);
     sh.live.connected.fetch_sub(1, Relaxed);
-    flush_batch(sh, s);
+    flush_batch(sh, &mut s);
     if let Some(a) = &mut s.out.acks {
         let n = a.connection_closed(matches!(end, End::Ours { .. }));
         sh.live.acks_waiting.fetch_sub(n, Relaxed);
     }
-    match end {
+    let ours = match end {
         End::Ours { clean } => {
             s.out.closed_by_us = true;
             s.out.clean_close = clean;
@@ -220,13 +233,14 @@ async fn connected(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> bool {
             sh.live.errors.fetch_add(1, Relaxed);
             false
         }
-    }
+    };
+    (s, ours)
 }
 
 /// `retry` counts earlier attempts: each retry moves to the next target, as a real client
 /// behind a load balancer would land anywhere (a drained node's users move to the others).
 /// `resume` adds `since` and `epoch` to the URL (`--resume`).
-async fn connect(sh: &Shared, slot: u32, retry: u64, resume: Option<&(u64, String)>) -> Result<Ws, String> {
+async fn connect(sh: &Shared, slot: u32, retry: u64, resume: Option<&(u64, String)>) -> Result<(std::net::TcpStream, Vec<u8>), String> {
     let target = ((sh.plan.target_of(slot) as u64 + retry) % sh.plan.targets as u64) as usize;
     let addr = sh.addrs[target];
     let started = Instant::now();
@@ -236,7 +250,7 @@ async fn connect(sh: &Shared, slot: u32, retry: u64, resume: Option<&(u64, Strin
             let ip = sh.config.source_ips[slot as usize % sh.config.source_ips.len()];
             sock.bind(SocketAddr::new(ip, 0)).map_err(|e| format!("bind {ip}: {e}"))?;
         }
-        let stream = sock.connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let mut stream = sock.connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
         // Closed only at the end of the run, and the run waits for its slots first.
         let _turn = sh.handshakes.acquire().await.map_err(|_| "closed".to_string())?;
         // Small frames: Nagle plus delayed ACKs would add tens of ms to every message.
@@ -247,84 +261,32 @@ async fn connect(sh: &Shared, slot: u32, retry: u64, resume: Option<&(u64, Strin
             _ => Vec::new(),
         };
         let url = super::config::connection_url(&sh.bases[target], &sh.plan.names[sh.plan.user_of(slot) as usize], &extra);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(sh.ws_config))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        Ok::<Ws, String>(ws)
+        let early = super::frame::handshake(&mut stream, &url).await?;
+        // Still non-blocking: the loop registers it with its own epoll.
+        let stream = stream.into_std().map_err(|e| format!("socket: {e}"))?;
+        Ok::<_, String>((stream, early))
     };
-    let ws = tokio::time::timeout(sh.config.connect_timeout, work).await.map_err(|_| "timeout".to_string())??;
+    let done = tokio::time::timeout(sh.config.connect_timeout, work).await.map_err(|_| "timeout".to_string())??;
     let us = started.elapsed().as_micros() as u64;
     sh.live.connect_hist.lock().unwrap_or_else(|p| p.into_inner()).saturating_record(us.max(1));
-    Ok(ws)
+    Ok(done)
 }
 
-/// Runs one live connection until the run closes it or it breaks.
-async fn drive(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> End {
-    // Run-wide signals arrive through this slot's own Notify: polling a shared token's future
-    // in every loop turn would take the token's one waiter lock per message, from every thread.
-    let notify = &sh.control[s.out.slot as usize];
-    let control = notify.notified();
-    tokio::pin!(control);
-    let mut traffic_known = false;
-    let sleep = tokio::time::sleep_until(Instant::now());
-    tokio::pin!(sleep);
-    let mut check = true;
+/// A connection just handed to its loop: a room member asks to join its room.
+pub(crate) fn on_open(sh: &Shared, s: &mut Slot, out: &mut Outbox) {
     if sh.plan.rooms_mode() {
         let room = &sh.plan.room_names_json[sh.plan.room_of(s.user) as usize];
-        if let Err(e) = ws.send(Message::text(write_join(room))).await {
-            return End::Unexpected(classify(&e));
-        }
-    }
-    loop {
-        if check {
-            check = false;
-            if sh.close.is_cancelled() {
-                return close_clean(ws).await;
-            }
-            if !traffic_known && sh.go.is_cancelled() {
-                traffic_known = true;
-                start_traffic(sh, s);
-            }
-            sleep.as_mut().reset(next_wake(sh, s));
-        }
-        tokio::select! {
-            biased;
-            _ = &mut control => {
-                control.set(notify.notified());
-                check = true;
-            }
-            msg = ws.next() => match msg {
-                Some(Ok(m)) => {
-                    if let Some(code) = on_message(sh, s, m) {
-                        return End::Unexpected(code.to_string());
-                    }
-                }
-                Some(Err(e)) => return End::Unexpected(classify(&e)),
-                None => return End::Unexpected("eof".to_string()),
-            },
-            _ = &mut sleep => {
-                if let Err(e) = on_timer(ws, sh, s).await {
-                    return End::Unexpected(classify(&e));
-                }
-                sleep.as_mut().reset(next_wake(sh, s));
-            }
-        }
+        out.text(&write_join(room));
     }
 }
 
-fn classify(e: &tokio_tungstenite::tungstenite::Error) -> String {
-    use tokio_tungstenite::tungstenite::Error as E;
-    match e {
-        E::ConnectionClosed | E::AlreadyClosed => "eof".into(),
-        E::Io(io) => format!("io:{:?}", io.kind()),
-        E::Protocol(_) => "protocol".into(),
-        E::Capacity(_) => "capacity".into(),
-        _ => "error".into(),
-    }
-}
-
-fn start_traffic(sh: &Shared, s: &mut Slot) {
+pub(crate) fn start_traffic(sh: &Shared, s: &mut Slot) {
     let Some(&start) = sh.traffic_start.get() else { return };
+    // Sized once for the peers this run can reach, so the maps do not rehash (and fault in
+    // fresh pages) while traffic runs.
+    let peers = sh.plan.slots().min(sh.config.max_sends_per_connection()).min(AUDIT_PRESIZE) as usize;
+    s.out.sent_counts.reserve(peers);
+    s.out.audit.pairs.reserve(peers);
     s.send_end = start + sh.config.duration;
     if !s.interval.is_zero() {
         // A random phase spreads the connections' sends evenly over each interval.
@@ -335,7 +297,8 @@ fn start_traffic(sh: &Shared, s: &mut Slot) {
     }
 }
 
-fn next_wake(sh: &Shared, s: &Slot) -> Instant {
+/// When the loop should next call [`on_timer`] for this slot.
+pub(crate) fn next_wake(s: &Slot) -> Instant {
     let mut at = s.next_heartbeat;
     if let Some(n) = s.next_send {
         if n < s.send_end {
@@ -348,17 +311,15 @@ fn next_wake(sh: &Shared, s: &Slot) -> Instant {
     if !s.batch.is_empty() {
         at = at.min(s.batch_since + LATENCY_BATCH_AGE);
     }
-    let _ = sh;
     at
 }
 
-async fn on_timer(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    let now = Instant::now();
-    let mut fed = send_due(ws, sh, s, now).await?;
+/// Writes into `out` what is due by `now`: messages, a heartbeat, a latency report.
+pub(crate) fn on_timer(sh: &Shared, s: &mut Slot, out: &mut Outbox, now: Instant) {
+    send_due(sh, s, out, now);
     if s.next_heartbeat <= now {
-        ws.feed(Message::text(r#"{"type":"heartbeat"}"#)).await?;
+        out.text(r#"{"type":"heartbeat"}"#);
         s.out.heartbeats += 1;
-        fed += 1;
         while s.next_heartbeat <= now {
             s.next_heartbeat += sh.config.heartbeat;
         }
@@ -366,10 +327,11 @@ async fn on_timer(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> Result<(), tokio_tu
     if let Some(r) = s.next_report.filter(|&r| r <= now) {
         if s.report_n > 0 {
             let ms = s.report_sum_us as f64 / s.report_n as f64 / 1000.0;
-            let text = format!(r#"{{"type":"latency_report","payload":{ms:.3}}}"#);
-            ws.feed(Message::text(text)).await?;
+            out.scratch.clear();
+            // Infallible: writing to a String.
+            let _ = write!(out.scratch, r#"{{"type":"latency_report","payload":{ms:.3}}}"#);
+            out.text_from_scratch();
             s.out.latency_reports += 1;
-            fed += 1;
             s.report_sum_us = 0;
             s.report_n = 0;
         }
@@ -379,18 +341,14 @@ async fn on_timer(ws: &mut Ws, sh: &Shared, s: &mut Slot) -> Result<(), tokio_tu
         }
         s.next_report = Some(next);
     }
-    if fed > 0 {
-        ws.flush().await?;
-    }
     if !s.batch.is_empty() && now.duration_since(s.batch_since) >= LATENCY_BATCH_AGE {
         flush_batch(sh, s);
     }
-    Ok(())
 }
 
-/// Feeds every chat message due by `now` (one write for all of them); returns how many.
-async fn send_due(ws: &mut Ws, sh: &Shared, s: &mut Slot, now: Instant) -> Result<u32, tokio_tungstenite::tungstenite::Error> {
-    let Some(mut next) = s.next_send.filter(|&n| n <= now && n < s.send_end) else { return Ok(0) };
+/// Writes every chat message due by `now` into `out` (one write for all of them).
+fn send_due(sh: &Shared, s: &mut Slot, out: &mut Outbox, now: Instant) {
+    let Some(mut next) = s.next_send.filter(|&n| n <= now && n < s.send_end) else { return };
     s.last_send_wake = now;
     let (mut sent, mut owed) = (0u32, 0u64);
     while next <= now && next < s.send_end {
@@ -407,11 +365,10 @@ async fn send_due(ws: &mut Ws, sh: &Shared, s: &mut Slot, now: Instant) -> Resul
             }
             let id = s.out.acks.as_mut().map(|a| a.send(to, seq, now));
             let intended = next.duration_since(sh.epoch).as_nanos() as u64;
-            let mut frame = String::with_capacity(sh.frame_capacity);
             let audience = sh.plan.audience(to);
             let stamp = Stamp { sender_slot: s.out.slot, seq, intended_ns: intended, padding: &sh.padding };
-            write_stamped(&mut frame, audience.message_type(), audience, stamp, id);
-            ws.feed(Message::text(frame)).await?;
+            write_stamped(&mut out.scratch, audience.message_type(), audience, stamp, id);
+            out.text_from_scratch();
             sent += 1;
         }
         next += s.interval;
@@ -423,7 +380,6 @@ async fn send_due(ws: &mut Ws, sh: &Shared, s: &mut Slot, now: Instant) -> Resul
     if s.out.acks.is_some() {
         sh.live.acks_waiting.fetch_add(u64::from(sent), Relaxed);
     }
-    Ok(sent)
 }
 
 /// Picks a receiver and its audit sequence; returns (receiver, seq, its connections up). A
@@ -476,22 +432,14 @@ pub(crate) fn count_sequence(
     (to, i64::from(*n - 1), up)
 }
 
-/// Handles one incoming frame; returns the close code if the server closed.
-fn on_message(sh: &Shared, s: &mut Slot, m: Message) -> Option<u16> {
-    let text: &str = match &m {
-        Message::Text(t) => t.as_str(),
-        Message::Binary(b) => match std::str::from_utf8(b) {
-            Ok(t) => t,
-            Err(_) => {
-                s.out.frames.received += 1;
-                unrecognized(s, Unrecognized::NotUtf8, "(binary)");
-                return None;
-            }
-        },
-        Message::Close(f) => return Some(f.as_ref().map_or(1005, |f| u16::from(f.code))),
-        _ => return None,
-    };
+/// Handles one incoming message (a text or binary frame, or a fragmented one put together).
+/// Its bytes are read as UTF-8 JSON either way; what is not UTF-8 is counted, not fatal.
+pub(crate) fn on_data(sh: &Shared, s: &mut Slot, is_text: bool, payload: &[u8]) {
     s.out.frames.received += 1;
+    let Ok(text) = std::str::from_utf8(payload) else {
+        unrecognized(s, Unrecognized::NotUtf8, if is_text { "(text, not UTF-8)" } else { "(binary)" });
+        return;
+    };
     match wire::parse(text) {
         Incoming::Stamped { kind, sender_slot, seq, intended_ns, offset, epoch } => {
             if let (true, Some(offset)) = (sh.config.resume, offset) {
@@ -537,7 +485,6 @@ fn on_message(sh: &Shared, s: &mut Slot, m: Message) -> Option<u16> {
             unrecognized(s, why, text);
         }
     }
-    None
 }
 
 /// Keeps the highest offset seen (and its epoch) to resume from. A new epoch replaces the old
@@ -633,25 +580,4 @@ fn flush_batch(sh: &Shared, s: &mut Slot) {
     }
     drop(g);
     s.batch.clear();
-}
-
-async fn close_clean(ws: &mut Ws) -> End {
-    let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
-    if ws.close(Some(frame)).await.is_err() {
-        return End::Ours { clean: false };
-    }
-    let answered = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        while let Some(m) = ws.next().await {
-            match m {
-                Ok(Message::Close(_)) => return true,
-                Ok(_) => continue,
-                Err(_) => return false,
-            }
-        }
-        // tungstenite ends the stream once the close handshake completes.
-        true
-    })
-    .await
-    .unwrap_or(false);
-    End::Ours { clean: answered }
 }

@@ -23,6 +23,8 @@ mod api;
 pub mod audit;
 mod client;
 pub mod config;
+mod driver;
+mod frame;
 pub mod plot;
 pub mod report;
 pub mod schedule;
@@ -36,7 +38,6 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -49,22 +50,16 @@ use client::SlotOutcome;
 use report::{count_bounded, encode_histogram, new_histogram, ConnectionStats, MessageStats, RunInfo, SerializedHistograms};
 use schedule::Plan;
 
-/// tungstenite's read buffer per connection. Its default (128 KiB) would cost ~135 KiB RSS per
-/// connection; our frames are a few hundred bytes. tungstenite zero-fills this much before
-/// every read, which at 4 KiB was 2% of the generator's CPU; 1 KiB still takes ~6 frames a read
-/// and keeps an idle connection under 8 KiB.
-pub const READ_BUFFER: usize = 1024;
-/// Frames are batched up to this before a write syscall (we feed a tick's frames, then flush).
-pub const WRITE_BUFFER: usize = 4 * 1024;
-/// Cap on bytes buffered for one connection: a tick's burst of max-size frames fits; beyond it
-/// the send fails and the connection counts as broken rather than growing without end.
+/// Cap on bytes waiting for one connection's socket: a tick's burst of max-size frames fits;
+/// beyond it the connection counts as broken (`capacity`) rather than growing without end.
 pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 /// WebSocket handshakes in flight at once (after the TCP connect; a slot past it waits its turn,
 /// and its connect time includes the wait). Each holds ~10 KiB of buffers while it lasts, and the
 /// heap keeps its high-water mark: unbounded, a 20,000/s ramp left 9.4-10.5 KiB of RSS per idle
 /// connection at 10,000 connections, against 7.6 KiB at 5,000/s.
 pub const MAX_HANDSHAKES: usize = 256;
-/// Largest frame accepted from the server.
+/// Largest frame, and largest message put together from fragments, accepted from the server;
+/// a longer one breaks the connection (`capacity`).
 pub const MAX_FRAME: usize = 64 * 1024;
 /// Histogram shards: connections record their latency batches into `slot % SHARDS`, so two
 /// threads rarely want the same lock.
@@ -301,7 +296,6 @@ pub(crate) struct Shared {
     bounds: StampBounds,
     /// Bytes of a chat frame, to allocate each one once at its final size.
     frame_capacity: usize,
-    ws_config: WebSocketConfig,
     /// The process clock's zero: send times in payloads are nanoseconds since it.
     epoch: Instant,
     live: Arc<Live>,
@@ -309,8 +303,8 @@ pub(crate) struct Shared {
     online: Vec<AtomicBool>,
     /// Per slot: deliveries owed while it was down.
     missed: Vec<AtomicU64>,
-    /// Per slot: woken when `go` or `close` changes (see `client::drive`).
-    control: Vec<tokio::sync::Notify>,
+    /// The connection loops (`driver.rs`), woken when `go` or `close` changes.
+    loops: driver::Loops,
     /// Started when traffic begins; `traffic_start` is set just before.
     go: CancellationToken,
     traffic_start: OnceLock<Instant>,
@@ -330,6 +324,8 @@ pub enum LoadError {
     Config(#[from] ConfigError),
     #[error("cannot resolve {target}: {error}")]
     Resolve { target: String, error: String },
+    #[error("cannot start a connection loop: {0}")]
+    Loop(std::io::Error),
 }
 
 /// Runs a load test. `stop` ends the traffic early (Ctrl-C): the run still drains, closes and
@@ -339,7 +335,10 @@ pub async fn run(config: LoadConfig, live: Arc<Live>, stop: CancellationToken, f
     config.validate(fd_limit, extra_fds)?;
     let addrs = resolve(&config).await?;
     let rss_before = rss_kib();
-    let shared = Arc::new(Shared::new(config, addrs, live.clone()));
+    // As many connection loops as the runtime has threads (`wsctl --threads`).
+    let (loops, parts) = driver::Loops::new(tokio::runtime::Handle::current().metrics().num_workers()).map_err(LoadError::Loop)?;
+    let shared = Arc::new(Shared::new(config, addrs, live.clone(), loops));
+    driver::Loops::start(&shared, parts).map_err(LoadError::Loop)?;
     let run_start = Instant::now();
     let sampler = spawn_sampler(live.clone(), run_start);
     let tracker = TaskTracker::new();
@@ -351,7 +350,7 @@ pub async fn run(config: LoadConfig, live: Arc<Live>, stop: CancellationToken, f
     let start = Instant::now() + SETTLE;
     let _ = shared.traffic_start.set(start);
     shared.go.cancel();
-    shared.control.iter().for_each(tokio::sync::Notify::notify_one);
+    shared.loops.wake_all();
     live.set_phase(Phase::Running);
     let send_end = start + shared.config.duration;
     let api = (shared.config.api_publish > 0.0).then(|| tokio::spawn(api::run(shared.clone(), start, send_end, stop.clone())));
@@ -369,9 +368,12 @@ pub async fn run(config: LoadConfig, live: Arc<Live>, stop: CancellationToken, f
 
     live.set_phase(Phase::Closing);
     shared.close.cancel();
-    shared.control.iter().for_each(tokio::sync::Notify::notify_one);
+    shared.loops.wake_all();
     tracker.close();
     let outcomes = finish(handles).await;
+    // Every slot task has ended: the loops hold no connection of theirs any more.
+    let stopping = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || stopping.loops.stop()).await;
     sampler.abort();
     live.tick(series_t(Instant::now(), run_start));
     live.set_phase(Phase::Done);
@@ -401,7 +403,7 @@ async fn resolve(config: &LoadConfig) -> Result<Vec<SocketAddr>, LoadError> {
 
 impl Shared {
     /// `config` was validated, so its URLs parse.
-    fn new(config: LoadConfig, addrs: Vec<SocketAddr>, live: Arc<Live>) -> Shared {
+    fn new(config: LoadConfig, addrs: Vec<SocketAddr>, live: Arc<Live>, loops: driver::Loops) -> Shared {
         let plan = Plan::new(&config);
         let slots = plan.slots();
         live.target.store(u64::from(slots), Relaxed);
@@ -412,17 +414,11 @@ impl Shared {
             frame_capacity: FRAME_OVERHEAD + longest_name + config.payload_size,
             // The API publisher stamps as one more sender, slot `slots`.
             bounds: StampBounds { slots: slots + u32::from(config.api_publish > 0.0), max_seq: config.max_sends_per_connection() },
-            ws_config: WebSocketConfig::default()
-                .read_buffer_size(READ_BUFFER)
-                .write_buffer_size(WRITE_BUFFER)
-                .max_write_buffer_size(MAX_WRITE_BUFFER)
-                .max_message_size(Some(MAX_FRAME))
-                .max_frame_size(Some(MAX_FRAME)),
             epoch: Instant::now(),
             live,
             online: (0..slots).map(|_| AtomicBool::new(false)).collect(),
             missed: (0..slots).map(|_| AtomicU64::new(0)).collect(),
-            control: (0..slots).map(|_| tokio::sync::Notify::new()).collect(),
+            loops,
             go: CancellationToken::new(),
             traffic_start: OnceLock::new(),
             close: CancellationToken::new(),
