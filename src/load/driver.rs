@@ -30,6 +30,9 @@ const READ_CHUNK: usize = 64 * 1024;
 const MAX_IDLE_WAIT: Duration = Duration::from_millis(20);
 /// Readiness events taken from epoll per wait.
 const EVENTS: usize = 1024;
+/// Readiness events handled between two looks at the timers: reading a backlog of deliveries
+/// makes no send late.
+const TIMERS_EVERY: usize = 32;
 const WAKER: Token = Token(usize::MAX);
 
 /// A connection handed to a loop, and where its slot goes back when it ends.
@@ -167,10 +170,14 @@ impl Loop {
             }
             // Sends first: their lateness is what the run measures; a read waits in its socket.
             self.run_timers();
-            for ev in events.iter() {
+            for (n, ev) in events.iter().enumerate() {
                 match ev.token() {
                     WAKER => {}
                     Token(i) => self.on_ready(i, ev.is_readable() || ev.is_read_closed() || ev.is_error(), ev.is_writable()),
+                }
+                // A backlog of deliveries (after a stall of the server) does not hold sends up.
+                if n % TIMERS_EVERY == TIMERS_EVERY - 1 {
+                    self.run_timers();
                 }
             }
             self.take_handoffs();
