@@ -8,7 +8,7 @@
 //! a sequence per (sender connection, room), owed to every other member connection up when it
 //! was sent. A sender's own message coming back to it is counted as `echoed`.
 
-use rustc_hash::FxHashMap;
+use super::peers::PeerTable;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,16 +22,16 @@ const WORDS: usize = (GAP_WINDOW / 64) as usize;
 /// The missing sequences in `[next - GAP_WINDOW, next)`, one bit each, in a ring indexed by
 /// `seq % GAP_WINDOW`. Every operation touches at most [`GAP_WINDOW`] bits, word by word,
 /// whatever sequence numbers a server sends: a hostile `seq` cannot make a message cost O(seq).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct GapWindow {
-    bits: Box<[u64; WORDS]>,
+    bits: [u64; WORDS],
     /// Bits set.
     open: u32,
 }
 
 impl GapWindow {
     fn new() -> GapWindow {
-        GapWindow { bits: Box::new([0; WORDS]), open: 0 }
+        GapWindow { bits: [0; WORDS], open: 0 }
     }
 
     fn get(&self, seq: u32) -> bool {
@@ -67,29 +67,35 @@ impl GapWindow {
     }
 }
 
-/// What one receiver connection saw from one sender connection.
-#[derive(Debug, Default, Clone)]
+/// What one receiver connection saw from one sender connection (16 bytes: flat tables hold
+/// one per sender of the run).
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Pair {
     /// One past the highest sequence seen.
     next: u32,
     /// Distinct sequences seen.
     pub unique: u32,
     /// Gaps below `next`, possibly filled later by reordering. None while there is none.
-    gaps: Option<GapWindow>,
+    gaps: Option<Box<GapWindow>>,
 }
 
 impl Pair {
     fn record(&mut self, seq: u32) -> Seen {
         if seq >= self.next {
-            if seq > self.next {
-                let gaps = self.gaps.get_or_insert_with(GapWindow::new);
-                // Forget what falls out of the window, then mark the new gap.
+            // In order with no gap open: nothing to remember (the common case).
+            if seq > self.next || self.gaps.is_some() {
+                let gaps = self.gaps.get_or_insert_with(|| Box::new(GapWindow::new()));
+                // Forget what falls out of the window (its bits are reused by the ring), then
+                // mark the new gap.
                 let keep_from = (seq + 1).saturating_sub(GAP_WINDOW);
                 let old_from = self.next.saturating_sub(GAP_WINDOW);
                 if keep_from > old_from {
                     gaps.fill(old_from, keep_from.min(self.next), false);
                 }
                 gaps.fill(self.next.max(keep_from), seq, true);
+                if gaps.open == 0 {
+                    self.gaps = None;
+                }
             }
             self.next = seq + 1;
             self.unique += 1;
@@ -133,9 +139,8 @@ pub struct StampBounds {
 /// by the run, not by the server: at most one [`Pair`] per sender slot of the run.
 #[derive(Debug, Default)]
 pub struct ReceiverAudit {
-    /// By sender slot. FxHash: keys are small indexes bounded by the run, SipHash's protection
-    /// against chosen keys buys nothing here and cost 2% of the generator's CPU.
-    pub pairs: FxHashMap<u32, Pair>,
+    /// By sender slot.
+    pub pairs: PeerTable<Pair>,
     pub duplicated: u64,
     pub reordered: u64,
     /// Frames carrying the offline marker that arrived anyway.
@@ -178,7 +183,7 @@ impl ReceiverAudit {
                 return Seen::Foreign;
             }
         };
-        let seen = self.pairs.entry(slot).or_default().record(seq);
+        let seen = self.pairs.entry(slot).record(seq);
         match seen {
             Seen::Reordered => self.reordered += 1,
             Seen::Duplicate => self.duplicated += 1,
@@ -230,7 +235,7 @@ pub struct AuditTotals {
 
 /// What a sender slot sent: per audience (receiver user, or room, by local index), messages
 /// with a sequence.
-pub type SentCounts = FxHashMap<u32, u32>;
+pub type SentCounts = PeerTable<u32>;
 
 /// Inputs for one sender slot at the end of the run.
 pub struct SenderAuditInput<'a> {
@@ -282,7 +287,7 @@ pub fn conclude<'a>(
     let mut owed: Vec<Vec<(u32, u32)>> = vec![Vec::new(); audiences as usize];
     let mut refused: Vec<Vec<(u32, u32, bool)>> = vec![Vec::new(); audiences as usize];
     for s in senders {
-        for (&user, &n) in s.counts {
+        for (user, &n) in s.counts.iter() {
             owed[user as usize].push((s.slot, n));
         }
         for &(user, seq) in s.not_accepted {
@@ -295,12 +300,12 @@ pub fn conclude<'a>(
         let mut received = 0u64;
         for &(sender, n) in owed[r.audience as usize].iter().filter(|(s, _)| *s != r.slot) {
             expected += u64::from(n);
-            received += r.audit.pairs.get(&sender).map_or(0, |p| u64::from(p.unique.min(n)));
+            received += r.audit.pairs.get(sender).map_or(0, |p| u64::from(p.unique.min(n)));
         }
         let (mut refused_missing, mut refused_arrived, mut unowed, mut unowed_arrived) = (0u64, 0u64, 0u64, 0u64);
         for &(sender, seq, not_owed) in refused[r.audience as usize].iter().filter(|(s, _, _)| *s != r.slot) {
             // Too old for the window to tell: counted as missing, so never as lost after ack.
-            let arrived = r.audit.pairs.get(&sender).map_or(Some(false), |p| p.seen(seq)) == Some(true);
+            let arrived = r.audit.pairs.get(sender).map_or(Some(false), |p| p.seen(seq)) == Some(true);
             match (not_owed, arrived) {
                 (true, _) => (unowed, unowed_arrived) = (unowed + 1, unowed_arrived + u64::from(arrived)),
                 (false, true) => refused_arrived += 1,
@@ -356,7 +361,7 @@ mod tests {
         assert_eq!(a.record(B, 1, 1), Seen::Duplicate);
         assert_eq!(a.record(B, 1, 5), Seen::InOrder);
         assert_eq!(a.record(B, 1, -1), Seen::Offline);
-        let p = &a.pairs[&1];
+        let p = a.pairs.get(1).unwrap();
         assert_eq!((p.unique, a.duplicated, a.reordered), (4, 1, 1));
         let sent: SentCounts = [(0u32, 6u32)].into_iter().collect();
         let names = vec!["u0".into(), "u1".into()];
@@ -432,7 +437,21 @@ mod tests {
             a.record(big, 0, i128::from(k) * 4_000_000);
         }
         assert!(t.elapsed() < std::time::Duration::from_secs(1), "{:?}", t.elapsed());
-        assert_eq!(a.pairs[&0].unique, 1000);
+        assert_eq!(a.pairs.get(0).unwrap().unique, 1000);
+    }
+
+    #[test]
+    fn a_gap_that_slides_out_of_the_window_leaves_no_trace() {
+        let mut p = Pair::default();
+        assert_eq!(p.record(1), Seen::InOrder, "0 is missing");
+        for seq in 2..2 + GAP_WINDOW {
+            assert_eq!(p.record(seq), Seen::InOrder);
+        }
+        // 0 is out of the window now: taken as lost, and its bit (the ring's slot of 4096)
+        // is not read as a gap of a later sequence.
+        assert!(p.gaps.is_none(), "the window is dropped once its last gap left it");
+        assert_eq!(p.record(GAP_WINDOW), Seen::Duplicate);
+        assert_eq!((p.unique, p.seen(0)), (GAP_WINDOW + 1, None));
     }
 
     #[test]

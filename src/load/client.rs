@@ -40,8 +40,6 @@ const MIN_SEND_TICK: Duration = Duration::from_millis(2);
 const LATE_SEND: Duration = Duration::from_millis(5);
 /// How long we wait for the server to answer our close frame.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most peers a connection's audit maps are sized for when traffic starts (they grow past it).
-const AUDIT_PRESIZE: u32 = 1024;
 /// First reconnect delay; doubled per failed attempt up to [`RECONNECT_MAX`], with ±50% jitter
 /// so a drained node's clients do not come back as one wave.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -282,11 +280,11 @@ pub(crate) fn on_open(sh: &Shared, s: &mut Slot, out: &mut Outbox) {
 
 pub(crate) fn start_traffic(sh: &Shared, s: &mut Slot) {
     let Some(&start) = sh.traffic_start.get() else { return };
-    // Sized once for the peers this run can reach, so the maps do not rehash (and fault in
+    // Sized once for the peers this run can reach, so the tables do not grow (and fault in
     // fresh pages) while traffic runs.
-    let peers = sh.plan.slots().min(sh.config.max_sends_per_connection()).min(AUDIT_PRESIZE) as usize;
-    s.out.sent_counts.reserve(peers);
-    s.out.audit.pairs.reserve(peers);
+    let sends = sh.config.max_sends_per_connection();
+    s.out.sent_counts.prepare(sh.plan.audiences(), sends);
+    s.out.audit.pairs.prepare(sh.bounds.slots, sends);
     s.send_end = start + sh.config.duration;
     if !s.interval.is_zero() {
         // A random phase spreads the connections' sends evenly over each interval.
@@ -395,7 +393,7 @@ fn pick_and_count(sh: &Shared, s: &mut Slot) -> (u32, i64, u32) {
     let to = plan.pick(s.user, &mut s.rng);
     if sh.config.resume {
         // History replays what a resuming connection missed: every connection is owed it.
-        let n = s.out.sent_counts.entry(to).or_insert(0);
+        let n = s.out.sent_counts.entry(to);
         *n += 1;
         return (to, i64::from(*n - 1), plan.connections_per_user);
     }
@@ -427,7 +425,7 @@ pub(crate) fn count_sequence(
             sh.missed[k as usize].fetch_add(1, Relaxed);
         }
     }
-    let n = counts.entry(to).or_insert(0);
+    let n = counts.entry(to);
     *n += 1;
     (to, i64::from(*n - 1), up)
 }

@@ -25,6 +25,7 @@ mod client;
 pub mod config;
 mod driver;
 mod frame;
+mod peers;
 pub mod plot;
 pub mod report;
 pub mod schedule;
