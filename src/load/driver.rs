@@ -92,6 +92,12 @@ impl Loops {
         }
     }
 
+    /// Tells the loops to end (they close what they still hold), without waiting.
+    fn signal_stop(&self) {
+        self.stop.store(true, Relaxed);
+        self.wake_all();
+    }
+
     /// Makes every loop look at the run's signals now.
     pub fn wake_all(&self) {
         self.handles.iter().for_each(|(_, w)| drop(w.wake()));
@@ -99,10 +105,19 @@ impl Loops {
 
     /// Ends the loops once every slot task has finished, and waits for their threads.
     pub fn stop(&self) {
-        self.stop.store(true, Relaxed);
-        self.wake_all();
+        self.signal_stop();
         let threads = std::mem::take(&mut *super::lock(&self.threads));
         threads.into_iter().for_each(|t| drop(t.join()));
+    }
+}
+
+/// Stops the loops when dropped: a run that ends early (its future dropped, or an error) leaves
+/// no thread behind.
+pub(crate) struct StopOnDrop(pub Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.loops.signal_stop();
     }
 }
 

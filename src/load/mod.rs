@@ -339,6 +339,7 @@ pub async fn run(config: LoadConfig, live: Arc<Live>, stop: CancellationToken, f
     // As many connection loops as the runtime has threads (`wsctl --threads`).
     let (loops, parts) = driver::Loops::new(tokio::runtime::Handle::current().metrics().num_workers()).map_err(LoadError::Loop)?;
     let shared = Arc::new(Shared::new(config, addrs, live.clone(), loops));
+    let _stop_loops = driver::StopOnDrop(shared.clone());
     driver::Loops::start(&shared, parts).map_err(LoadError::Loop)?;
     let run_start = Instant::now();
     let sampler = spawn_sampler(live.clone(), run_start);
