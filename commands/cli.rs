@@ -30,6 +30,8 @@ pub struct Cli {
     pub log_format: LogFormat,
     /// Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no
     /// cross-thread wake-ups: the cheapest per message when several processes share few cores.
+    /// `wsctl load` also runs as many connection loops (one thread each), which carry the
+    /// traffic of the connections split among them.
     #[arg(long, global = true, env = "WSCTL_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
     #[command(subcommand)]

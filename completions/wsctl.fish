@@ -26,7 +26,7 @@ end
 
 complete -c wsctl -n "__fish_wsctl_needs_command" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_needs_command" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_needs_command" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_needs_command" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_needs_command" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_needs_command" -f -a "serve" -d 'Run a node: WebSocket server, alone (in-process broker) or in a fleet sharing Redis'
@@ -74,7 +74,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l cloudwatch-endpoin
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l config -d 'YAML settings file: keys are this command\'s long flag names (`redis-uri: ...`). Flags and environment variables override it. `wsctl config default` prints a complete one' -r -F
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l redis-cluster -d 'Treat the URL\'s host(s) as Redis Cluster seed nodes even with a plain redis:// scheme'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l mixed-fleet -d 'Go nodes (which write no `server_alive` lease) share this Redis: do not treat a route to a node without a lease as dead. Leave off otherwise: with it, a crashed node\'s users stay "online" until their presence keys expire (60 s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l history -d 'Keep every message to a user in a per-user history in Redis, with an offset and epoch, so a client reconnecting with `?since=<offset>&epoch=<epoch>` gets what it missed. Needs Redis'
@@ -110,7 +110,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_su
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l assert -d 'Threshold, e.g. \'p99<50ms\' or \'lost=0\' (repeatable); any failure exits with 99' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l spawn-local -d 'Start an embedded node in this process and run the smoke profile against it'
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l reconnect -d 'Reconnect closed connections (1012 drain, 4008, errors) with jittered backoff'
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and not __fish_seen_subcommand_from merge plot help" -l resume -d 'With --reconnect, against a server with history: reconnect with since=<last offset>&epoch=<epoch>. Messages sent while a connection was down are then owed to it (replayed), and any duplicate is a failure'
@@ -125,13 +125,13 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcom
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from merge" -l assert -d 'Thresholds checked against the merged report' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from merge" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from merge" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from merge" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from merge" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from merge" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from plot" -s o -l output -d 'The SVG to write' -r -F
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from plot" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from plot" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from plot" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from plot" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from plot" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from help" -f -a "merge" -d 'Merge the JSON reports of several shards (--shard I/N) into one: histograms are added, so percentiles are those of all samples, not averages'
@@ -139,7 +139,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcom
 complete -c wsctl -n "__fish_wsctl_using_subcommand load; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and not __fish_seen_subcommand_from servers show list stats purge help" -f -a "servers" -d 'The nodes: from their server_alive leases and from the server ids in route sets, with live/dead, connections, address, version, age, and how many routes name them'
@@ -157,7 +157,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subc
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l rate -d 'Keys walked per second at most ("5000" or "5000/s"), to spare a production Redis' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l redis-cluster -d 'Treat the URL\'s host(s) as Redis Cluster seed nodes even with a plain redis:// scheme'
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -l json -d 'Print JSON on stdout instead of tables'
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from servers" -s h -l help -d 'Print help'
@@ -170,7 +170,7 @@ classic\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l config -d 'YAML settings file: keys are this command\'s long flag names (`redis-uri: ...`). Flags and environment variables override it. `wsctl config default` prints a complete one' -r -F
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l redis-cluster -d 'Treat the URL\'s host(s) as Redis Cluster seed nodes even with a plain redis:// scheme'
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -l json -d 'Print JSON on stdout instead of tables'
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
@@ -186,7 +186,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subc
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l limit -d 'Stop after this many routes' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l redis-cluster -d 'Treat the URL\'s host(s) as Redis Cluster seed nodes even with a plain redis:// scheme'
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l json -d 'Print JSON on stdout instead of tables'
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from list" -l stale-only -d 'Only stale routes (user_online key gone)'
@@ -201,7 +201,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subc
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l rate -d 'Keys walked per second at most ("5000" or "5000/s"), to spare a production Redis' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l redis-cluster -d 'Treat the URL\'s host(s) as Redis Cluster seed nodes even with a plain redis:// scheme'
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -l json -d 'Print JSON on stdout instead of tables'
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from stats" -s h -l help -d 'Print help'
@@ -216,7 +216,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subc
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l server -d 'Remove every route of this node, stale or not. Refused while its lease (server_alive:<ID>) exists, i.e. while the node is alive' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l redis-cluster -d 'Treat the URL\'s host(s) as Redis Cluster seed nodes even with a plain redis:// scheme'
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l json -d 'Print JSON on stdout instead of tables'
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from purge" -l dry-run -d 'Report what would be removed; change nothing'
@@ -231,7 +231,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subc
 complete -c wsctl -n "__fish_wsctl_using_subcommand routes; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and not __fish_seen_subcommand_from tail help" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and not __fish_seen_subcommand_from tail help" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and not __fish_seen_subcommand_from tail help" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and not __fish_seen_subcommand_from tail help" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and not __fish_seen_subcommand_from tail help" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and not __fish_seen_subcommand_from tail help" -f -a "tail" -d 'Watch the fleet live: one row per server and a fleet total, refreshed every period'
@@ -247,7 +247,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_sub
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l config -d 'YAML settings file: keys are this command\'s long flag names (`redis-uri: ...`). Flags and environment variables override it. `wsctl config default` prints a complete one' -r -F
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l once -d 'Print one snapshot and exit (with --prometheus: two scrapes one period apart, for rates)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -l json -d 'One JSON object per snapshot, one per line'
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from tail" -s h -l help -d 'Print help'
@@ -256,7 +256,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_sub
 complete -c wsctl -n "__fish_wsctl_using_subcommand metrics; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand config; and not __fish_seen_subcommand_from default check help" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand config; and not __fish_seen_subcommand_from default check help" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and not __fish_seen_subcommand_from default check help" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand config; and not __fish_seen_subcommand_from default check help" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand config; and not __fish_seen_subcommand_from default check help" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand config; and not __fish_seen_subcommand_from default check help" -f -a "default" -d 'Print a settings file for `serve` with every setting, its default and its help'
@@ -264,12 +264,12 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand config; and not __fish_seen_
 complete -c wsctl -n "__fish_wsctl_using_subcommand config; and not __fish_seen_subcommand_from default check help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from default" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from default" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from default" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from default" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from default" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from check" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from check" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from check" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from check" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from check" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "default" -d 'Print a settings file for `serve` with every setting, its default and its help'
@@ -282,18 +282,18 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l private-key -d 'PE
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l algorithm -d 'Algorithm for --private-key (default: RS256 for RSA, ES256 for EC)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l json -d 'Print {"token":..,"user":..,"expires_at":..} instead of the bare token'
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand completions" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand completions" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand completions" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand completions" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand generate" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand generate" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand generate" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand generate" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand generate" -s V -l version -d 'Print version'
 complete -c wsctl -n "__fish_wsctl_using_subcommand help; and not __fish_seen_subcommand_from serve load routes metrics config token completions generate help" -f -a "serve" -d 'Run a node: WebSocket server, alone (in-process broker) or in a fleet sharing Redis'

@@ -2,7 +2,8 @@
 //! this file does the upgrade and the framing by hand, so it can write what a library would
 //! not: messages in fragments with pings between them, its bytes a few at a time, a binary frame
 //! that is not UTF-8, its own close code, a masked frame, a frame that claims 2^40 bytes. The
-//! stand-in routes chat messages (ring pattern) like a node of the original protocol.
+//! stand-in routes chat messages (ring pattern) like a node of the original protocol; in one
+//! mode it floods every connection for ever.
 
 mod support;
 
@@ -34,6 +35,8 @@ enum Mode {
     Masked,
     /// ... with a frame header that claims 2^40 bytes.
     Huge,
+    /// Every connection gets small frames as fast as the stand-in can write them, for ever.
+    Flood,
 }
 
 /// Bytes per write in `Fragmented` mode: frame headers and payloads arrive cut anywhere.
@@ -113,22 +116,16 @@ async fn connection(stream: TcpStream, mode: Mode, users: Users, stats: Arc<Stat
     let mut reader = BufReader::new(r);
     let (user, answer) = upgrade(&mut reader).await;
     w.write_all(answer.as_bytes()).await.unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
     if mode == Mode::Fragmented {
         tx.send(frame(0x2, true, &[0xff, 0xfe, 0xfd])).unwrap();
     }
     users.lock().unwrap().insert(user.clone(), tx.clone());
-    tokio::spawn(async move {
-        while let Some(bytes) = rx.recv().await {
-            let chunk = if mode == Mode::Fragmented { CHUNK } else { bytes.len().max(1) };
-            for part in bytes.chunks(chunk) {
-                if w.write_all(part).await.is_err() {
-                    return;
-                }
-                tokio::task::yield_now().await;
-            }
-        }
-    });
+    if mode == Mode::Flood {
+        tokio::spawn(flood(w, rx));
+    } else {
+        tokio::spawn(write_out(w, rx, mode));
+    }
     let (mut delivered, mut sent) = (0u64, 0u64);
     while let Some((opcode, payload)) = read_client_frame(&mut reader).await {
         match opcode {
@@ -173,6 +170,35 @@ async fn connection(stream: TcpStream, mode: Mode, users: Users, stats: Arc<Stat
     users.lock().unwrap().remove(&user);
 }
 
+/// Writes what the connection is sent, [`CHUNK`] bytes at a time in `Fragmented` mode.
+async fn write_out(mut w: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>, mode: Mode) {
+    while let Some(bytes) = rx.recv().await {
+        let chunk = if mode == Mode::Fragmented { CHUNK } else { bytes.len().max(1) };
+        for part in bytes.chunks(chunk) {
+            if w.write_all(part).await.is_err() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Writes 1 MiB of small frames at a time until the client goes away, with what the
+/// connection is sent in between.
+async fn flood(mut w: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    let noise = frame(0x1, true, br#"{"type":"noise"}"#).repeat(1 << 20 >> 4);
+    loop {
+        while let Ok(bytes) = rx.try_recv() {
+            if w.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        if w.write_all(&noise).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// The bytes that deliver `text` in `mode`.
 fn deliver(mode: Mode, text: &[u8], ping: &[u8], stats: &Stats) -> Vec<u8> {
     if mode != Mode::Fragmented {
@@ -187,7 +213,7 @@ fn deliver(mode: Mode, text: &[u8], ping: &[u8], stats: &Stats) -> Vec<u8> {
 /// What a connection gets in answer to its first message in the fault modes.
 fn fault(mode: Mode) -> Option<Vec<u8>> {
     match mode {
-        Mode::Fragmented => None,
+        Mode::Fragmented | Mode::Flood => None,
         Mode::CloseWith4001 => Some(frame(0x8, true, &[&4001u16.to_be_bytes()[..], b"bye"].concat())),
         Mode::Masked => {
             let mut f = frame(0x1, true, br#"{"type":"chat_message","payload":[0,0,0,""]}"#);
@@ -266,4 +292,18 @@ async fn a_masked_frame_and_a_huge_claim_break_the_connection_by_name() {
         assert_eq!(r.connections.unexpected_closes.get(why), Some(&4), "{mode:?}: {:?}", r.connections);
         assert_eq!(r.connections.unexpected_closes.len(), 1, "{mode:?}: {:?}", r.connections);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_floods_every_connection_cannot_hold_the_run() {
+    let (addr, _) = serve(Mode::Flood).await;
+    let c = config(addr, 2);
+    // Sending 1.5 s, a drain of 2 s, a close handshake of at most 2 s: a loop stuck reading one
+    // socket would never see the end of the run.
+    let bound = c.duration + c.drain + Duration::from_secs(2) + Duration::from_secs(10);
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(bound, run(c)).await.expect("the run ends despite the flood");
+    assert!(r.frames.by_type.get("noise").copied().unwrap_or(0) > 10_000, "{:?}", r.frames.by_type);
+    assert!(r.messages.sent > 0);
+    eprintln!("flooded run took {:?}", started.elapsed());
 }

@@ -28,6 +28,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Longest a loop sleeps without looking at the run's `go` and `close` signals (it is also woken
 /// when they change; this bounds a missed wake-up).
 const MAX_IDLE_WAIT: Duration = Duration::from_millis(20);
+/// Reads of one socket per turn of the loop (4 MiB at most): a server that floods one
+/// connection cannot hold up the others, or the end of the run. A socket left unread is
+/// read again next turn (epoll is edge-triggered and would not say it again).
+const READS_PER_TURN: usize = 64;
 /// Readiness events taken from epoll per wait.
 const EVENTS: usize = 1024;
 /// Readiness events handled between two looks at the timers: reading a backlog of deliveries
@@ -148,6 +152,8 @@ struct Loop {
     free: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     read_buf: Box<[u8]>,
+    /// Connections whose socket still had bytes after [`READS_PER_TURN`] reads.
+    unread: Vec<usize>,
     out: Outbox,
     go_seen: bool,
     close_seen: bool,
@@ -164,6 +170,7 @@ impl Loop {
             free: Vec::new(),
             timers: BinaryHeap::new(),
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            unread: Vec::new(),
             out: Outbox::new(seed),
             go_seen: false,
             close_seen: false,
@@ -177,7 +184,10 @@ impl Loop {
                 break;
             }
             let now = Instant::now();
-            let wait = self.timers.peek().map_or(MAX_IDLE_WAIT, |Reverse((at, ..))| at.saturating_duration_since(now)).min(MAX_IDLE_WAIT);
+            let mut wait = self.timers.peek().map_or(MAX_IDLE_WAIT, |Reverse((at, ..))| at.saturating_duration_since(now)).min(MAX_IDLE_WAIT);
+            if !self.unread.is_empty() {
+                wait = Duration::ZERO;
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != ErrorKind::Interrupted {
                     break;
@@ -194,6 +204,9 @@ impl Loop {
                 if n % TIMERS_EVERY == TIMERS_EVERY - 1 {
                     self.run_timers();
                 }
+            }
+            for i in std::mem::take(&mut self.unread) {
+                self.read(i);
             }
             self.take_handoffs();
             self.check_signals();
@@ -320,12 +333,17 @@ impl Loop {
         }
     }
 
-    /// Reads until the socket is drained (mio is edge-triggered): a read shorter than the
-    /// buffer means it was.
+    /// Reads until the socket is drained (mio is edge-triggered: a read shorter than the
+    /// buffer means it was), or [`READS_PER_TURN`] times.
     fn read(&mut self, i: usize) {
         let mut buf = std::mem::take(&mut self.read_buf);
-        loop {
-            let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { break };
+        let mut reads = 0;
+        while let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) {
+            if reads == READS_PER_TURN {
+                self.unread.push(i);
+                break;
+            }
+            reads += 1;
             let n = match c.stream.read(&mut buf) {
                 Ok(0) => {
                     let end = if c.closing.is_some() { End::Ours { clean: false } } else { End::Unexpected("eof".into()) };
