@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tokio::time::Instant;
 use tokio::net::TcpSocket;
+use tokio::time::Instant;
 
 use super::acks::{AckWindow, Verdict};
 use super::audit::{ReceiverAudit, SentCounts, Seen};

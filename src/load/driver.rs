@@ -12,11 +12,10 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::client::{self, End, Slot};
 use super::frame::{self, FrameError, Header, Outbox};
