@@ -61,6 +61,22 @@ async fn a_route_to_a_node_without_a_lease_is_dead_and_the_ack_says_offline() {
 }
 
 #[tokio::test]
+async fn a_live_route_to_a_node_that_is_not_subscribed_is_acked_offline() {
+    let redis = RedisServer::start();
+    let a = TestNode::start("node-a", Some(redis.config())).await;
+    // A leased node with a live route whose subscriber is not subscribed: the moments after a
+    // Redis restart, once its routes are written again and before it subscribed again.
+    redis.cli(&["SADD", "user_servers:bob", "node-deaf"]);
+    redis.cli(&["SET", "user_online:bob:node-deaf", "1", "EX", "60"]);
+    redis.cli(&["SET", "server_alive:node-deaf", "1", "EX", "60"]);
+    let mut alice = a.connect("alice").await;
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":"hi","id":1})).await;
+    assert_eq!(alice.recv().await, json!({"type":"ack","id":1,"online":false}), "nobody got it");
+    assert_eq!(redis.cli(&["SISMEMBER", "user_servers:bob", "node-deaf"]), "1", "a live route is kept");
+    a.stop().await;
+}
+
+#[tokio::test]
 async fn a_route_to_a_leased_node_is_live() {
     let redis = RedisServer::start();
     let a = TestNode::start("node-a", Some(redis.config())).await;

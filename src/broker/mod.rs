@@ -37,9 +37,10 @@ pub struct Publish {
 /// Where a message went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Routed {
-    /// Other nodes with a live route to the receiver that the message was published to. With
-    /// history on, this node too when it holds the receiver (local receivers are served through
-    /// Redis then, see [`Broker::delivers_locally`]).
+    /// Other nodes with a live route to the receiver that the message was published to (on
+    /// standalone Redis, only those whose subscriber got it). With history on, this node too
+    /// when it holds the receiver (local receivers are served through Redis then, see
+    /// [`Broker::delivers_locally`]).
     pub nodes: u32,
     /// The offset the message got in the receiver's history, when it was stored there.
     pub offset: Option<u64>,

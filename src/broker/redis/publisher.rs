@@ -3,7 +3,9 @@
 //!
 //! A route `user_servers:<u> ∋ s` is live when `user_online:<u>:<s>` exists and node `s` holds its
 //! lease `server_alive:<s>` (unless the fleet has lease-less Go nodes). Dead routes are removed
-//! and never published to, so an ack's `online:true` means a live node took the message.
+//! and never published to, so an ack's `online:true` means a live node took the message. On
+//! standalone Redis it also means the node's subscriber got it (PUBLISH's count); on a Cluster,
+//! PUBLISH counts only the subscribers of the shard it ran on, so a live route is taken as enough.
 //! - Standalone: one EVALSHA per batch reads, checks, cleans and publishes inside Redis.
 //! - Cluster: the keys live on different shards, so two pipelined round trips read the route
 //!   sets and check them, and a third publishes and removes the dead entries.
@@ -352,7 +354,9 @@ fn answer(reqs: impl Iterator<Item = PublishReq>, result: PublishResult) {
 /// each message is first appended to its receiver's history (see [`history::APPEND_LUA`]) and
 /// published to every live node including this one; without, to every live node but this one
 /// (the hub delivered locally). All in one atomic step, so offsets are published in order.
-/// Returns, per message, the number of nodes published to and its offset (0: not stored). Keys
+/// Returns, per message, the number of nodes whose subscriber got it (PUBLISH's answer; a live
+/// route whose node is not subscribed, as in the moments after a Redis restart, does not count)
+/// and its offset (0: not stored). Keys
 /// other than KEYS are touched, which standalone Redis allows (the Cluster path never uses this).
 fn route_script() -> String {
     format!(
@@ -391,14 +395,19 @@ for i, key in ipairs(KEYS) do
     local mk = '{meta}{{' .. user .. '}}'
     {append}
   end
+  local took = 0
   for _, s in ipairs(live) do
+    local msg = env
     if s == me then
-      redis.call('PUBLISH', '{channel}' .. s, ARGV[5 + 2 * i] .. env)
-    else
-      redis.call('PUBLISH', '{channel}' .. s, env)
+      msg = ARGV[5 + 2 * i] .. env
+    end
+    -- PUBLISH answers how many subscribers got it: a node with a live route whose subscriber
+    -- is not (yet) subscribed, as after a Redis restart, got nothing.
+    if redis.call('PUBLISH', '{channel}' .. s, msg) > 0 then
+      took = took + 1
     end
   end
-  out[2 * i - 1] = #live
+  out[2 * i - 1] = took
   out[2 * i] = off
 end
 return out"#,
