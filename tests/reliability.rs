@@ -452,6 +452,12 @@ async fn a_killed_nodes_users_are_offline_within_the_lease_ttl_and_purge_leaves_
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     eprintln!("offline {:?} after SIGKILL", killed.elapsed());
+    // On standalone Redis that is at once: the kernel closed the dead node's subscriber
+    // connection, so PUBLISH reached no one. Its lease still runs; once it is gone (as 15 s
+    // after the kill), routing removes the entry.
+    redis.cli(&["DEL", "server_alive:node-b"]);
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":"gone","id":"gone"})).await;
+    assert_eq!(alice.recv().await["online"], false);
     assert_eq!(redis.cli(&["SISMEMBER", "user_servers:bob", "node-b"]), "0", "routing removed the dead entry");
 
     // bob reconnects elsewhere (a `--reconnect` client) and is reachable again.
