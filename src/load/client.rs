@@ -204,16 +204,15 @@ async fn connected(sh: &Shared, mut s: Box<Slot>, stream: std::net::TcpStream, e
     sh.live.peak.fetch_max(up, Relaxed);
     let (done, ended) = tokio::sync::oneshot::channel();
     sh.loops.hand_over(slot, Handoff { stream, early, slot: s, done });
-    let Ok((mut s, end)) = ended.await else {
+    let ended = ended.await;
+    sh.online[slot as usize].store(false, Relaxed);
+    sh.live.connected.fetch_sub(1, Relaxed);
+    let Ok((mut s, end)) = ended else {
         // The loop is gone (it ended or panicked) with this slot's state.
         let mut s = Slot::new(sh, slot);
         s.out.ever_connected = true;
-        sh.online[slot as usize].store(false, Relaxed);
-        sh.live.connected.fetch_sub(1, Relaxed);
         return (s, true);
     };
-    sh.online[slot as usize].store(false, Relaxed);
-    sh.live.connected.fetch_sub(1, Relaxed);
     flush_batch(sh, &mut s);
     if let Some(a) = &mut s.out.acks {
         let n = a.connection_closed(matches!(end, End::Ours { .. }));

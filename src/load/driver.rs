@@ -37,6 +37,8 @@ const EVENTS: usize = 1024;
 /// makes no send late.
 const TIMERS_EVERY: usize = 32;
 const WAKER: Token = Token(usize::MAX);
+/// RFC 6455's code for a close frame that carries none (reported as such, never sent).
+const NO_STATUS: u16 = 1005;
 
 /// A connection handed to a loop, and where its slot goes back when it ends.
 pub(crate) struct Handoff {
@@ -459,11 +461,11 @@ impl Loop {
             return End::Ours { clean: true };
         }
         let code = match payload {
-            [] => 1005,
+            [] => NO_STATUS,
             [a, b, ..] => u16::from_be_bytes([*a, *b]),
             [_] => return frame_error(FrameError::Protocol("close frame of one byte")),
         };
-        if code != 1005 {
+        if code != NO_STATUS {
             self.out.close(code);
         } else {
             self.out.frame(frame::OP_CLOSE, &[]);
@@ -479,7 +481,7 @@ impl Loop {
             return;
         }
         c.closing = Some(Instant::now() + client::CLOSE_TIMEOUT);
-        self.out.close(1000);
+        self.out.close(crate::protocol::close::NORMAL);
         self.flush(i);
         self.schedule(i, true);
     }
