@@ -1,9 +1,9 @@
 //! `wsctl load` speaks WebSocket itself (src/load/frame.rs, driver.rs). A raw stand-in server in
 //! this file does the upgrade and the framing by hand, so it can write what a library would
-//! not: messages in fragments with pings between them, its bytes a few at a time, a binary frame
-//! that is not UTF-8, its own close code, a masked frame, a frame that claims 2^40 bytes. The
-//! stand-in routes chat messages (ring pattern) like a node of the original protocol; in one
-//! mode it floods every connection for ever.
+//! not: messages in fragments with pings between them, its bytes a few at a time, binary and text
+//! frames that are not UTF-8, its own close code, a masked frame, a frame that claims 2^40 bytes.
+//! The stand-in routes chat messages (ring pattern) like a node of the original protocol; in two
+//! modes it floods every connection for ever, or never reads.
 
 mod support;
 
@@ -27,7 +27,8 @@ use support::load::run;
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
     /// In three fragments, a ping after the first and an unasked pong after the second, written
-    /// [`CHUNK`] bytes at a time; each connection also gets one binary frame that is not UTF-8.
+    /// [`CHUNK`] bytes at a time; each connection also gets one binary and one text frame that
+    /// are not UTF-8.
     Fragmented,
     /// A connection's first message is answered with a close frame with code 4001.
     CloseWith4001,
@@ -37,6 +38,8 @@ enum Mode {
     Huge,
     /// Every connection gets small frames as fast as the stand-in can write them, for ever.
     Flood,
+    /// The stand-in never reads what a connection sends.
+    Deaf,
 }
 
 /// Bytes per write in `Fragmented` mode: frame headers and payloads arrive cut anywhere.
@@ -116,9 +119,15 @@ async fn connection(stream: TcpStream, mode: Mode, users: Users, stats: Arc<Stat
     let mut reader = BufReader::new(r);
     let (user, answer) = upgrade(&mut reader).await;
     w.write_all(answer.as_bytes()).await.unwrap();
+    if mode == Mode::Deaf {
+        // Holds the socket open and reads nothing, for as long as the test runs.
+        let _hold = (reader, w);
+        return std::future::pending().await;
+    }
     let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
     if mode == Mode::Fragmented {
         tx.send(frame(0x2, true, &[0xff, 0xfe, 0xfd])).unwrap();
+        tx.send(frame(0x1, true, &[b'{', 0xc3, 0x28, b'}'])).unwrap();
     }
     users.lock().unwrap().insert(user.clone(), tx.clone());
     if mode == Mode::Flood {
@@ -213,7 +222,7 @@ fn deliver(mode: Mode, text: &[u8], ping: &[u8], stats: &Stats) -> Vec<u8> {
 /// What a connection gets in answer to its first message in the fault modes.
 fn fault(mode: Mode) -> Option<Vec<u8>> {
     match mode {
-        Mode::Fragmented | Mode::Flood => None,
+        Mode::Fragmented | Mode::Flood | Mode::Deaf => None,
         Mode::CloseWith4001 => Some(frame(0x8, true, &[&4001u16.to_be_bytes()[..], b"bye"].concat())),
         Mode::Masked => {
             let mut f = frame(0x1, true, br#"{"type":"chat_message","payload":[0,0,0,""]}"#);
@@ -267,7 +276,8 @@ async fn fragments_pings_and_bytes_cut_anywhere_lose_nothing() {
     assert_eq!(r.diagnosis, Diagnosis::Measured);
     assert_eq!((r.audit.lost, r.audit.duplicated, r.audit.foreign), (0, 0, 0), "{:?} {:?}", r.audit, r.frames);
     assert_eq!(r.messages.delivered, r.messages.sent);
-    assert_eq!(r.frames.unrecognized.get("binary, not UTF-8"), Some(&6), "{:?}", r.frames);
+    // One binary and one text frame per connection; neither ends it.
+    assert_eq!(r.frames.unrecognized.get("binary, not UTF-8"), Some(&12), "{:?}", r.frames);
     assert!(r.connections.unexpected_closes.is_empty(), "{:?}", r.connections);
     assert_eq!(r.connections.clean_closes, 6, "{:?}", r.connections);
     // Every ping was answered with its own payload before the close (frames are in order).
@@ -306,4 +316,15 @@ async fn a_server_that_floods_every_connection_cannot_hold_the_run() {
     assert!(r.frames.by_type.get("noise").copied().unwrap_or(0) > 10_000, "{:?}", r.frames.by_type);
     assert!(r.messages.sent > 0);
     eprintln!("flooded run took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_reads_breaks_the_connection_at_the_write_bound() {
+    let (addr, _) = serve(Mode::Deaf).await;
+    let mut c = config(addr, 2);
+    // ~12 MB/s per connection: past the kernel's buffers, then past load::MAX_WRITE_BUFFER.
+    c.rate = Rate::PerConnection(200.0);
+    c.payload_size = 60 * 1024;
+    let r = run(c).await;
+    assert_eq!(r.connections.unexpected_closes.get("capacity"), Some(&2), "{:?}", r.connections);
 }
