@@ -325,12 +325,21 @@ async fn a_message_near_a_large_max_frame_reaches_every_receiver() {
 
 #[tokio::test]
 async fn a_connection_with_constant_outbound_traffic_is_still_pinged() {
-    let limits = wsctl::Limits { ping_interval: Duration::from_millis(200), idle_timeout: Duration::from_secs(5), ..test_limits() };
+    const FLOOD: u32 = 20_000;
+    // bob's queue holds the whole flood: a debug-build reader that falls behind is closed as a
+    // slow consumer (4008) otherwise, which is not what this test is about (1 run in ~12 was).
+    let limits = wsctl::Limits {
+        ping_interval: Duration::from_millis(200),
+        idle_timeout: Duration::from_secs(5),
+        send_queue: FLOOD as usize,
+        send_queue_bytes: 64 * 1024 * 1024,
+        ..test_limits()
+    };
     let a = TestNode::start_with("node-a", None, limits).await;
     let mut bob = a.connect("bob").await;
     let mut alice = a.connect("alice").await;
     let flood = tokio::spawn(async move {
-        for n in 0..20_000u32 {
+        for n in 0..FLOOD {
             alice.send(json!({"type":"chat_message","receiverID":"bob","payload":n})).await;
         }
         alice
