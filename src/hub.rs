@@ -141,11 +141,28 @@ impl SessionCtl {
 
 pub use crate::protocol::Frame;
 
+/// A frame in a session's send queue, with what the writer must know of it as typed data (never
+/// read back from the frame's text): the history offset of a routed envelope, which a resume's
+/// seam compares with the replay's last.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub frame: Frame,
+    /// The receiver's history offset, for an envelope that history numbered; None for anything
+    /// else (acks, errors, room messages, envelopes without history).
+    pub offset: Option<u64>,
+}
+
+impl From<Frame> for Queued {
+    fn from(frame: Frame) -> Self {
+        Queued { frame, offset: None }
+    }
+}
+
 /// The sending side of one session: its queue of ready-to-write text frames, bounded in frames
 /// and in bytes.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Queued>,
     ctl: Arc<SessionCtl>,
     max_bytes: usize,
 }
@@ -163,7 +180,7 @@ pub enum Offer {
 impl Outbox {
     /// A session's outbox (at most `frames` frames and `max_bytes` bytes queued) and the
     /// receiving end its writer task drains.
-    pub fn new(frames: usize, max_bytes: usize) -> (Outbox, mpsc::Receiver<Frame>, Arc<SessionCtl>) {
+    pub fn new(frames: usize, max_bytes: usize) -> (Outbox, mpsc::Receiver<Queued>, Arc<SessionCtl>) {
         let (tx, rx) = mpsc::channel(frames);
         let ctl = Arc::new(SessionCtl::default());
         (Outbox { tx, ctl: ctl.clone(), max_bytes }, rx, ctl)
@@ -172,10 +189,15 @@ impl Outbox {
     /// Queues a frame without waiting. A full queue (frames or bytes) closes the session as a
     /// slow consumer.
     pub fn offer(&self, frame: Frame, metrics: &Metrics) -> Offer {
+        self.offer_queued(Queued::from(frame), metrics)
+    }
+
+    /// [`Outbox::offer`] of a frame with its typed data.
+    pub fn offer_queued(&self, frame: Queued, metrics: &Metrics) -> Offer {
         if self.ctl.refuses() {
             return Offer::Closed;
         }
-        let len = frame.len();
+        let len = frame.frame.len();
         let before = self.ctl.queued_bytes.fetch_add(len, Ordering::Relaxed);
         if before + len > self.max_bytes {
             self.ctl.queued_bytes.fetch_sub(len, Ordering::Relaxed);
@@ -267,13 +289,14 @@ impl Hub {
         self.shard(user).get(user).map_or(0, Vec::len)
     }
 
-    /// Queues `frame` to every session of `user` except `except`. Returns how many took it.
-    pub fn deliver(&self, user: &str, frame: &Frame, except: Option<Uuid>) -> usize {
+    /// Queues `frame` (with its history `offset`, if history numbered it) to every session of
+    /// `user` except `except`. Returns how many took it.
+    pub fn deliver(&self, user: &str, frame: &Frame, offset: Option<u64>, except: Option<Uuid>) -> usize {
         let shard = self.shard(user);
         let Some(sessions) = shard.get(user) else { return 0 };
         let mut queued = 0;
         for e in sessions.iter().filter(|e| Some(e.conn) != except) {
-            if e.outbox.offer(frame.clone(), &self.metrics) == Offer::Queued {
+            if e.outbox.offer_queued(Queued { frame: frame.clone(), offset }, &self.metrics) == Offer::Queued {
                 queued += 1;
             }
         }
@@ -336,8 +359,8 @@ mod tests {
         hub.add(&u, Uuid::new_v4(), slow);
         hub.add(&u, Uuid::new_v4(), fast);
         let f = Frame::from_static("{}");
-        assert_eq!(hub.deliver("u", &f, None), 2);
-        assert_eq!(hub.deliver("u", &f, None), 1);
+        assert_eq!(hub.deliver("u", &f, None, None), 2);
+        assert_eq!(hub.deliver("u", &f, None, None), 1);
         assert_eq!(slow_ctl.reason(), Some(CloseReason::SlowConsumer));
         assert_eq!(fast_ctl.reason(), None);
         assert_eq!(metrics.slow_consumer_closes.get(), 1);

@@ -469,24 +469,6 @@ pub fn encode_recovery(complete: bool, count: usize, epoch: &str, offset: u64, r
     ])
 }
 
-/// The history offset of an envelope a history node wrote, read cheaply: the last `"offset":`
-/// key, which the history script appends at the very end (after any payload).
-pub fn envelope_offset(bytes: &[u8]) -> Option<u64> {
-    const KEY: &[u8] = b",\"offset\":";
-    let at = bytes.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
-    let digits = bytes[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&bytes[at..at + digits]).ok()?.parse().ok()
-}
-
-/// The history epoch of an envelope a history node wrote (the last `"epoch":` key, see
-/// [`envelope_offset`]).
-pub fn envelope_epoch(bytes: &[u8]) -> Option<&str> {
-    const KEY: &[u8] = b",\"epoch\":\"";
-    let at = bytes.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
-    let len = bytes[at..].iter().position(|b| *b == b'"')?;
-    std::str::from_utf8(&bytes[at..at + len]).ok()
-}
-
 /// `{"type":"error","id":..,"code":..,"message":..}` (`id` only when the client gave one).
 pub fn encode_error(id: Option<&RawValue>, err: &FrameError) -> Frame {
     write_object(&[
@@ -497,15 +479,22 @@ pub fn encode_error(id: Option<&RawValue>, err: &FrameError) -> Frame {
     ])
 }
 
-/// The fields a node needs from an envelope that arrived from the broker: whom it is for, and
-/// when the sending node took it in. Everything else is forwarded untouched.
+/// The fields a node needs from an envelope that arrived from the broker: whom it is for, when
+/// the sending node took it in, and (history on) its offset and epoch. Top-level keys only, read
+/// by the JSON parser: a payload or id that holds an `"offset"` is never taken for one.
+/// Everything else is forwarded untouched.
 #[derive(Debug)]
 pub struct RoutedEnvelope<'a> {
     pub receiver: Cow<'a, str>,
     pub timestamp: Option<Cow<'a, str>>,
+    /// The receiver's history offset, when the history script numbered the envelope.
+    pub offset: Option<u64>,
+    /// The history's epoch, beside the offset.
+    pub epoch: Option<Cow<'a, str>>,
 }
 
-/// Reads the receiver (case-insensitive key, as on input) and timestamp of a broker envelope.
+/// Reads the receiver (case-insensitive key, as on input), timestamp, offset and epoch of a
+/// broker envelope.
 pub fn parse_routed(bytes: &[u8]) -> Option<RoutedEnvelope<'_>> {
     struct V;
     impl<'de> Visitor<'de> for V {
@@ -514,23 +503,28 @@ pub fn parse_routed(bytes: &[u8]) -> Option<RoutedEnvelope<'_>> {
             f.write_str("an envelope object")
         }
         fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-            let mut receiver = None;
-            let mut timestamp = None;
+            let (mut receiver, mut timestamp, mut offset, mut epoch) = (None, None, None, None);
             while let Some(CowStr(key)) = map.next_key::<CowStr<'de>>()? {
                 if key.eq_ignore_ascii_case("receiverid") {
                     receiver = map.next_value::<Option<CowStr<'de>>>()?.map(|v| v.0);
                 } else if key == "timestamp" {
                     timestamp = map.next_value::<Option<CowStr<'de>>>()?.map(|v| v.0);
+                } else if key == "offset" {
+                    // Not a u64 (a foreign publisher's value): no offset, not a broken envelope.
+                    offset = map.next_value::<serde_json::Value>()?.as_u64();
+                } else if key == "epoch" {
+                    epoch = map.next_value::<Option<CowStr<'de>>>()?.map(|v| v.0);
                 } else {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
             let receiver = receiver.ok_or_else(|| de::Error::missing_field("receiverID"))?;
-            Ok(RoutedEnvelope { receiver, timestamp })
+            Ok(RoutedEnvelope { receiver, timestamp, offset, epoch })
         }
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    de.deserialize_map(V).ok()
+    // Whole input: an envelope followed by anything else is not JSON a client can parse.
+    de.deserialize_map(V).ok().filter(|_| de.end().is_ok())
 }
 
 /// Largest `latency_report` accepted, milliseconds: one hour. A client's clock or bug can report
@@ -652,9 +646,12 @@ mod tests {
     #[test]
     fn history_fields_read_back() {
         let env = br#"{"type":"chat_message","payload":{"offset":3},"receiverID":"b","offset":17,"epoch":"k3x9"}"#;
-        assert_eq!(envelope_offset(env), Some(17));
-        assert_eq!(envelope_epoch(env), Some("k3x9"));
-        assert_eq!(envelope_offset(br#"{"type":"chat_message"}"#), None);
+        let routed = parse_routed(env).unwrap();
+        assert_eq!((routed.offset, routed.epoch.as_deref()), (Some(17), Some("k3x9")));
+        // Only top-level keys count: a payload's "offset" is the payload's.
+        let env = br#"{"type":"chat_message","payload":{"a":1,"offset":3,"epoch":"x"},"receiverID":"b"}"#;
+        let routed = parse_routed(env).unwrap();
+        assert_eq!((routed.offset, routed.epoch), (None, None));
         let id = RawValue::from_string("1".into()).unwrap();
         let ack: serde_json::Value = serde_json::from_str(&encode_chat_ack(&id, false, true)).unwrap();
         assert_eq!(ack, serde_json::json!({"type":"ack","id":1,"online":false,"stored":true}));

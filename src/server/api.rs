@@ -174,7 +174,9 @@ fn start(node: &Node, req: PublishReq) -> Result<Pending, Refused> {
         (Some(user), None) if !user.is_empty() => {
             let envelope = protocol::encode_envelope(&req.kind, payload, user, sender, &ts);
             check_size(node, &envelope)?;
-            let local = node.hub.deliver(user, &envelope, None);
+            // As a session does: with history on, the broker serves local receivers too (through
+            // Redis, with the offset), and `nodes` counts this node then; never both.
+            let local = if node.broker.delivers_locally() { 0 } else { node.hub.deliver(user, &envelope, None, None) };
             let ticket = node.broker.publish(Publish { receiver: Arc::from(user), envelope });
             Pending { target: json!({"receiverID": user}), local, ticket, room: false }
         }

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::ratelimit::Verdict;
 use super::{Node, PUBLISH_INFLIGHT};
 use crate::broker::{Publish, PublishError, PublishResult, Recovery, RecoveryGap, Registered, Ticket};
-use crate::hub::{CloseReason, Frame, Outbox, SessionCtl};
+use crate::hub::{CloseReason, Frame, Outbox, Queued, SessionCtl};
 use crate::protocol::{self, close, ErrorCode, FrameError};
 
 /// Frames written per flush at most: amortizes syscalls without starving the ping timer.
@@ -118,7 +118,7 @@ type Replay = Pin<Box<dyn Future<Output = Recovery> + Send>>;
 pub(crate) async fn run(
     socket: WebSocket,
     reg: Registration,
-    rx: mpsc::Receiver<Frame>,
+    rx: mpsc::Receiver<Queued>,
     ctl: Arc<SessionCtl>,
     resume: Option<Resume>,
     routable: bool,
@@ -382,7 +382,7 @@ fn handle_frame(reg: &Registration, bytes: &[u8]) -> Option<InFlight> {
             let envelope = protocol::encode_envelope(protocol::TYPE_CHAT, frame.payload, &receiver, &reg.user, &ts);
             // Local receivers first, straight from the hub, unless the broker serves them (history
             // on: through Redis, in offset order); never echoed to this connection.
-            let local = if node.broker.delivers_locally() { 0 } else { node.hub.deliver(&receiver, &envelope, Some(reg.conn)) };
+            let local = if node.broker.delivers_locally() { 0 } else { node.hub.deliver(&receiver, &envelope, None, Some(reg.conn)) };
             let except = (*receiver == *reg.user).then_some(reg.conn);
             let ticket = node.broker.publish_except(Publish { receiver: Arc::from(receiver.as_ref()), envelope }, except);
             Some(InFlight { id: id.map(ToOwned::to_owned), local, ticket, answer: Answer::Chat })
@@ -417,7 +417,7 @@ fn handle_frame(reg: &Registration, bytes: &[u8]) -> Option<InFlight> {
 /// pinged and checked.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Frame>,
+    mut rx: mpsc::Receiver<Queued>,
     ctl: Arc<SessionCtl>,
     seen: Arc<Activity>,
     limits: super::Limits,
@@ -510,8 +510,8 @@ async fn write_loop(
 /// broke.
 async fn write_until(
     sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Frame>,
-    batch: &mut Vec<Frame>,
+    rx: &mut mpsc::Receiver<Queued>,
+    batch: &mut Vec<Queued>,
     ctl: &SessionCtl,
     done: &tokio_util::sync::CancellationToken,
 ) -> bool {
@@ -546,11 +546,11 @@ async fn write_recovery(sink: &mut SplitSink<WebSocket, Message>, r: Recovery) -
 
 /// Drops live frames the replay already carried (offset <= `last`). Returns the seam still to
 /// watch, or None once a later offset went by: from there on live frames are new.
-fn skip_replayed(batch: &mut Vec<Frame>, last: u64, ctl: &SessionCtl) -> Option<u64> {
+fn skip_replayed(batch: &mut Vec<Queued>, last: u64, ctl: &SessionCtl) -> Option<u64> {
     let mut passed = false;
-    batch.retain(|f| match protocol::envelope_offset(f.as_bytes()) {
+    batch.retain(|q| match q.offset {
         Some(o) if o <= last => {
-            ctl.dequeued(f.len());
+            ctl.dequeued(q.frame.len());
             false
         }
         Some(_) => {
@@ -562,14 +562,14 @@ fn skip_replayed(batch: &mut Vec<Frame>, last: u64, ctl: &SessionCtl) -> Option<
     (!passed).then_some(last)
 }
 
-async fn write_batch(sink: &mut SplitSink<WebSocket, Message>, batch: &mut Vec<Frame>, ctl: &SessionCtl) -> Result<(), ()> {
+async fn write_batch(sink: &mut SplitSink<WebSocket, Message>, batch: &mut Vec<Queued>, ctl: &SessionCtl) -> Result<(), ()> {
     if batch.is_empty() {
         return Ok(());
     }
     let write = async {
-        for frame in batch.drain(..) {
-            ctl.dequeued(frame.len());
-            sink.feed(Message::Text(frame)).await.map_err(|_| ())?;
+        for q in batch.drain(..) {
+            ctl.dequeued(q.frame.len());
+            sink.feed(Message::Text(q.frame)).await.map_err(|_| ())?;
         }
         sink.flush().await.map_err(|_| ())
     };

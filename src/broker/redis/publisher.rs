@@ -257,7 +257,7 @@ impl Publisher {
                 other => other?,
             };
             for (i, entry) in idx.iter().zip(reply.into_array()) {
-                offsets[*i] = entry.as_bytes().and_then(crate::protocol::envelope_offset);
+                offsets[*i] = entry.as_bytes().and_then(crate::protocol::parse_routed).and_then(|e| e.offset);
                 finals[*i] = Some(entry);
             }
         }
