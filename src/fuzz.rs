@@ -1,6 +1,7 @@
-//! Invariants of the client-frame parser, shared by the `cargo fuzz` target
-//! (fuzz/fuzz_targets/client_frame.rs) and the stable-toolchain mutation test below, which runs
-//! in `cargo test`. Not part of the API.
+//! Invariants of the two parsers that take bytes from outside: the client-frame parser (what a
+//! client sends) and the inbound check (what arrives on this node's Redis channel, published by
+//! anyone who can reach Redis). Shared by the `cargo fuzz` targets (fuzz/fuzz_targets/) and the
+//! stable-toolchain mutation tests below, which run in `cargo test`. Not part of the API.
 //!
 //! For any bytes: parsing never panics; a rejection carries one of the parser's documented
 //! codes and a message, and its error frame is valid JSON; an accepted frame has a type, and the
@@ -49,6 +50,44 @@ pub fn client_frame(bytes: &[u8]) {
         }
     }
 }
+
+/// Largest envelope the inbound check takes in the fuzz runs: a client's largest frame.
+const FUZZ_MAX_ENVELOPE: usize = 64 * 1024;
+
+/// Checks the inbound path (Redis → node) for one message; panics on a violation. For any bytes:
+/// the check never panics; what it keeps is the input (or the input after a skip mark of `!` and
+/// a UUID) and UTF-8; an envelope's routing fields parse without panicking, and its offset is
+/// read only from the top level.
+pub fn broker_message(bytes: &[u8]) {
+    let Some((except, frame)) = crate::broker::check_inbound(bytes::Bytes::copy_from_slice(bytes), FUZZ_MAX_ENVELOPE) else {
+        assert!(bytes.len() > FUZZ_MAX_ENVELOPE || std::str::from_utf8(bytes).is_err(), "dropped a deliverable message");
+        return;
+    };
+    match except {
+        Some(conn) => {
+            assert_eq!(bytes.first(), Some(&b'!'));
+            assert!(bytes[1..37].eq_ignore_ascii_case(conn.hyphenated().to_string().as_bytes()));
+            assert_eq!(frame.as_bytes(), &bytes[37..]);
+        }
+        None => assert_eq!(frame.as_bytes(), bytes),
+    }
+    if let Some(env) = protocol::parse_routed(frame.as_bytes()) {
+        let top: serde_json::Value = serde_json::from_slice(frame.as_bytes()).unwrap_or_default();
+        if let Some(offset) = env.offset {
+            assert_eq!(top.get("offset").and_then(serde_json::Value::as_u64), Some(offset), "offset not from the top level");
+        }
+    }
+}
+
+/// Seeds for the inbound path: envelopes as nodes publish them, a marked copy, a fence, and the
+/// shape that once killed a subscriber (a mark cut inside a multi-byte character).
+pub const BROKER_SEEDS: &[&str] = &[
+    r#"{"type":"chat_message","payload":{"offset":3},"receiverID":"bob","senderId":"a","timestamp":"2026-01-01T00:00:00.000000000Z","offset":17,"epoch":"k3x9"}"#,
+    r#"!0b7c2f9e-5d1a-4c3b-9e8f-7a6b5c4d3e2f{"type":"chat_message","payload":1,"receiverID":"bob"}"#,
+    "!aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\u{e9}{\"receiverID\":\"bob\"}",
+    r#"{"type":"wsctl_fence","nonce":"x"}"#,
+    r#"{"receiverID":7,"offset":"x"}"#,
+];
 
 /// Seeds for mutation: one of each shape the parser distinguishes.
 pub const SEEDS: &[&str] = &[
@@ -111,19 +150,39 @@ mod tests {
         }
     }
 
-    /// 20,000 mutated frames, the same every run (fixed seed): a failure names its input.
-    #[test]
-    fn mutated_client_frames_keep_the_invariants() {
-        let mut rng = StdRng::seed_from_u64(0x5ec8);
+    /// 20,000 mutations of `seeds` through `check`, the same every run (fixed seed): a failure
+    /// names its input.
+    fn mutated(seeds: &[&str], seed: u64, check: fn(&[u8])) {
+        let mut rng = StdRng::seed_from_u64(seed);
         for _ in 0..20_000 {
-            let mut input = SEEDS[rng.random_range(0..SEEDS.len())].as_bytes().to_vec();
+            let mut input = seeds[rng.random_range(0..seeds.len())].as_bytes().to_vec();
             for _ in 0..rng.random_range(1..=4) {
                 mutate(&mut rng, &mut input);
             }
             let shown = String::from_utf8_lossy(&input).into_owned();
-            if std::panic::catch_unwind(|| client_frame(&input)).is_err() {
+            if std::panic::catch_unwind(|| check(&input)).is_err() {
                 panic!("invariant broken by {shown:?}");
             }
+        }
+    }
+
+    #[test]
+    fn mutated_client_frames_keep_the_invariants() {
+        mutated(SEEDS, 0x5ec8, client_frame);
+    }
+
+    #[test]
+    fn mutated_broker_messages_keep_the_invariants() {
+        mutated(BROKER_SEEDS, 0xb20c, broker_message);
+    }
+
+    /// The message that killed a node's subscriber (`!`, 35 bytes, then a two-byte character
+    /// across the cut at byte 37), and every short run of marks.
+    #[test]
+    fn a_mark_cut_inside_a_character_is_no_mark() {
+        assert!(crate::broker::check_inbound(bytes::Bytes::from_static(BROKER_SEEDS[2].as_bytes()), 1024).is_some_and(|(ex, _)| ex.is_none()));
+        for len in 0..40 {
+            broker_message(&vec![b'!'; len]);
         }
     }
 
@@ -134,6 +193,7 @@ mod tests {
             let len = rng.random_range(0..64);
             let input: Vec<u8> = (0..len).map(|_| rng.random()).collect();
             client_frame(&input);
+            broker_message(&input);
         }
     }
 

@@ -25,6 +25,13 @@ pub use redis::{
     REPLAY_DEADLINE, REPLAY_MAX, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_PUBLISH_QUEUE, ROUTE_QUEUE,
 };
 
+/// The check every message from this node's Redis channel goes through (for the fuzz target):
+/// the frame to deliver and the connection to skip, or None for one to drop.
+#[doc(hidden)]
+pub fn check_inbound(bytes: bytes::Bytes, max_envelope: usize) -> Option<(Option<uuid::Uuid>, Frame)> {
+    redis::inbound(bytes, max_envelope)
+}
+
 /// A chat envelope on its way to the receiver's connections on other nodes.
 #[derive(Debug)]
 pub struct Publish {

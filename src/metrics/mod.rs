@@ -218,8 +218,8 @@ pub struct Metrics {
     /// New connections whose route Redis did not confirm within the wait (accepted anyway,
     /// registered once Redis answered).
     pub route_registrations_delayed: Counter,
-    /// Disconnects whose route removal found the writer's queue full (caught up by the refresh).
-    pub route_queue_full: Counter,
+    /// Broker tasks that ended unexpectedly (a panic) and were started again.
+    pub task_restarts: Counter,
     /// CloudWatch PutMetricData calls that failed (their interval is carried to the next push).
     pub cloudwatch_push_errors: Counter,
     /// Connections refused before the upgrade, by `reason` (see `server::admission::Refusal`).
@@ -295,7 +295,7 @@ impl Metrics {
             bad_frames: counter(),
             broker_bad_envelopes: counter(),
             route_registrations_delayed: counter(),
-            route_queue_full: counter(),
+            task_restarts: counter(),
             cloudwatch_push_errors: Counter::default(),
             connections_refused: Family::default(),
             rate_limited_frames: counter(),
@@ -324,7 +324,7 @@ impl Metrics {
             "Connections accepted before Redis confirmed their route",
             m.route_registrations_delayed.clone(),
         );
-        registry.register("wss_route_queue_full", "Route removals dropped on a full writer queue", m.route_queue_full.clone());
+        registry.register("wss_task_restarts", "Broker tasks restarted after a panic", m.task_restarts.clone());
         registry.register(
             "wss_cloudwatch_push_errors",
             "Failed CloudWatch pushes (retried with the next interval)",

@@ -54,6 +54,7 @@ pub use history::{REPLAY_DEADLINE, REPLAY_MAX};
 pub use publisher::PUBLISH_QUEUE;
 pub use rooms::{room_channel, room_members_key, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_PUBLISH_QUEUE};
 pub use writer::ROUTE_QUEUE;
+pub(crate) use subscriber::inbound;
 
 /// How long a new connection waits for Redis to confirm its route before its upgrade goes ahead
 /// anyway (the route is then written as soon as Redis answers). Short, so a Redis stall never
@@ -98,13 +99,22 @@ pub struct NodeInfo {
     pub history: Option<HistoryConfig>,
 }
 
-/// Whether Redis is known to be unreachable, shared by the broker's tasks.
+/// Whether Redis is known to be unreachable, shared by the broker's tasks; and whether a task the
+/// node cannot work without has ended (then the node is not ready until it restarts).
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     degraded: AtomicBool,
+    failed: AtomicBool,
 }
 
 impl Health {
+    /// A task the node needs ended for good: readiness ends with it.
+    pub(crate) fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
     pub(crate) fn is_degraded(&self) -> bool {
         self.degraded.load(Ordering::Relaxed)
     }
@@ -126,6 +136,8 @@ pub struct RedisBroker {
     sharded: bool,
     history: Option<HistoryConfig>,
     routes_tx: mpsc::Sender<RouteOp>,
+    /// Disconnects and heartbeats for the writer, coalesced per user.
+    dirty: Arc<writer::Dirty>,
     publish_tx: mpsc::Sender<PublishReq>,
     health: Arc<Health>,
     metrics: Metrics,
@@ -174,6 +186,7 @@ impl RedisBroker {
             sharded,
             history: node.history.clone(),
             routes_tx,
+            dirty: Arc::default(),
             publish_tx,
             health,
             metrics: node.metrics.clone(),
@@ -191,31 +204,19 @@ impl RedisBroker {
         let started_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let lease = Lease { address: node.address.clone(), version: env!("CARGO_PKG_VERSION").to_string(), started_at, connections: 0 };
         let cluster = broker.config.is_cluster();
-        let writer = RouteWriter::new(client.clone(), node.server_id.clone(), node.hub.clone(), node.metrics.clone(), cluster);
+        let writer = RouteWriter::new(client.clone(), node.server_id.clone(), node.hub.clone(), node.metrics.clone(), cluster, broker.dirty.clone());
         broker.tracker.spawn(writer.run(routes_rx, broker.stop.clone()));
         let refresher =
             refresher::Refresher::new(client.clone(), node.server_id.clone(), node.hub.clone(), node.metrics.clone(), lease, cluster);
         // The lease before the node accepts anyone.
         refresher.write_lease().await;
         let refresh_now = refresher.now.clone();
-        broker.tracker.spawn(refresher.run(broker.routes_tx.clone(), broker.stop_refresh.clone()));
+        broker.tracker.spawn(refresher.run(broker.dirty.clone(), broker.stop_refresh.clone()));
         let publisher = Publisher::new(client.clone(), &node, sharded, cluster, broker.health.clone());
         broker.tracker.spawn(publisher.run(publish_rx, broker.stop.clone()));
-        let receiver = subscriber::Receiver {
-            hub: node.hub.clone(),
-            metrics: node.metrics.clone(),
-            max_envelope: node.max_envelope,
-            fence: broker.fence.clone(),
-            fence_seen: broker.fence_seen.clone(),
-            rooms: rooms::RoomInbound {
-                rooms: node.rooms.clone(),
-                server_id: node.server_id.clone(),
-                metrics: node.metrics.clone(),
-                max_envelope: node.max_envelope,
-            },
-            reorder: cluster.then(reorder::Reorder::default),
-        };
-        broker.tracker.spawn(receiver.run(subscriber.message_rx(), broker.stop.clone()));
+        let receiver = receiver_factory(&node, &broker, cluster);
+        let sup = Supervised { subscriber: subscriber.clone(), metrics: node.metrics.clone(), health: broker.health.clone() };
+        broker.tracker.spawn(supervise_receiver(receiver, sup, broker.stop.clone()));
         let watch = Watch {
             client: client.clone(),
             routes: broker.routes_tx.clone(),
@@ -236,7 +237,7 @@ impl RedisBroker {
         }
         let (tx, rx) = oneshot::channel();
         let wait = async {
-            self.routes_tx.send(RouteOp::Sync(user.clone(), Some(tx))).await.ok()?;
+            self.routes_tx.send(RouteOp::Sync(user.clone(), tx)).await.ok()?;
             rx.await.ok()
         };
         match tokio::time::timeout(REGISTER_WAIT, wait).await {
@@ -248,16 +249,13 @@ impl RedisBroker {
         }
     }
 
+    /// Never dropped, never waits: the user is marked dirty for the writer (see [`writer::Dirty`]).
     pub fn unregister(&self, user: &Arc<str>) {
-        // A full queue: the writer's retry and the refresher's reconcile catch the user up.
-        if self.routes_tx.try_send(RouteOp::Sync(user.clone(), None)).is_err() {
-            self.metrics.route_queue_full.inc();
-        }
+        self.dirty.sync(user);
     }
 
     pub fn touch(&self, user: &Arc<str>) {
-        // Full queue: drop it; the periodic refresh re-asserts the route anyway.
-        let _ = self.routes_tx.try_send(RouteOp::Touch(user.clone()));
+        self.dirty.touch(user);
     }
 
     pub fn publish(&self, msg: Publish, except: Option<uuid::Uuid>) -> Ticket {
@@ -305,7 +303,7 @@ impl RedisBroker {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.client.is_connected() && self.subscriber.is_connected() && !self.health.is_degraded()
+        self.client.is_connected() && self.subscriber.is_connected() && !self.health.is_degraded() && !self.health.has_failed()
     }
 
     pub fn describe(&self) -> String {
@@ -361,6 +359,58 @@ impl RedisBroker {
         };
         if tokio::time::timeout(SHUTDOWN_TIMEOUT, done).await.is_err() {
             warn!("broker shutdown timed out");
+        }
+    }
+}
+
+/// Builds the subscriber's receiver; again after a panic, when what the old one held for
+/// reordering (a Cluster's out-of-order messages, at most [`reorder::REORDER_TOTAL`]) is lost
+/// with it.
+fn receiver_factory(node: &NodeInfo, broker: &RedisBroker, cluster: bool) -> impl Fn() -> subscriber::Receiver + Send + 'static {
+    let (hub, metrics, max_envelope, rooms, server_id) =
+        (node.hub.clone(), node.metrics.clone(), node.max_envelope, node.rooms.clone(), node.server_id.clone());
+    let (fence, fence_seen) = (broker.fence.clone(), broker.fence_seen.clone());
+    move || subscriber::Receiver {
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        max_envelope,
+        fence: fence.clone(),
+        fence_seen: fence_seen.clone(),
+        rooms: rooms::RoomInbound { rooms: rooms.clone(), server_id: server_id.clone(), metrics: metrics.clone(), max_envelope },
+        reorder: cluster.then(reorder::Reorder::default),
+    }
+}
+
+/// What the receiver's supervisor needs.
+struct Supervised {
+    subscriber: SubscriberClient,
+    metrics: Metrics,
+    health: Arc<Health>,
+}
+
+/// Pause before a panicked receiver is started again, so a message that panics it every time
+/// cannot spin a core.
+const RESTART_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Runs the receiver, and starts it again (counted in `wss_task_restarts`) if it panics: nothing
+/// from Redis is meant to panic it, and if something does, the node goes on delivering. If it
+/// ends for another reason before the broker stops (fred's message stream closed), the node is
+/// no longer ready.
+async fn supervise_receiver(make: impl Fn() -> subscriber::Receiver, s: Supervised, stop: CancellationToken) {
+    loop {
+        let task = tokio::spawn(make().run(s.subscriber.message_rx(), stop.clone()));
+        match task.await {
+            Err(e) if e.is_panic() => {
+                s.metrics.task_restarts.inc();
+                warn!(error = %e, "the subscriber's receiver panicked; starting it again");
+                tokio::time::sleep(RESTART_BACKOFF).await;
+            }
+            _ if stop.is_cancelled() => return,
+            _ => {
+                s.health.fail();
+                warn!("the subscriber's message stream ended: this node is no longer ready");
+                return;
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -19,7 +19,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::routes::{self, Lease};
 
-use super::writer::{write_routes, RouteOp};
+use super::writer::{write_routes, Dirty};
 
 /// Users per pipeline when re-asserting every route: bounds one pipeline's size and the time it
 /// holds the connection.
@@ -43,7 +43,7 @@ impl Refresher {
         Refresher { client, server_id, hub, metrics, lease, cluster, now: Arc::new(Notify::new()) }
     }
 
-    pub(crate) async fn run(mut self, writer: mpsc::Sender<RouteOp>, stop: CancellationToken) {
+    pub(crate) async fn run(mut self, writer: Arc<Dirty>, stop: CancellationToken) {
         let mut lease_tick = tokio::time::interval(routes::LEASE_REFRESH);
         lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         lease_tick.tick().await;
@@ -82,14 +82,14 @@ impl Refresher {
 
     /// Re-asserts every route, chunk by chunk, then reconciles. Returns whether every chunk was
     /// written.
-    async fn reassert_all(&mut self, writer: &mpsc::Sender<RouteOp>) -> bool {
+    async fn reassert_all(&mut self, writer: &Dirty) -> bool {
         let users = self.hub.users();
         let mut ok = self.write_lease().await;
         for chunk in users.chunks(REFRESH_CHUNK) {
             ok &= self.reassert(chunk).await;
             for u in chunk.iter().filter(|u| !self.hub.contains(u)) {
                 // Left while we wrote it: the writer removes it again (reads the hub then).
-                let _ = writer.send(RouteOp::Sync(u.clone(), None)).await;
+                writer.sync(u);
             }
         }
         if !ok {

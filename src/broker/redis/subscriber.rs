@@ -30,15 +30,24 @@ pub(crate) fn except_prefix(conn: uuid::Uuid) -> String {
     format!("{EXCEPT_MARK}{}", conn.hyphenated())
 }
 
-/// Splits a marked message into the connection to skip and the envelope.
+/// Splits a marked message into the connection to skip and the envelope. Anything else on the
+/// channel, hostile bytes included, comes back whole: a mark whose next 36 bytes are not a UUID
+/// (or not ASCII: a multi-byte character may straddle the cut) is no mark, and the message is
+/// then judged as an envelope like any other. Never panics.
 fn split_except(frame: Frame) -> (Option<uuid::Uuid>, Frame) {
     let b = frame.as_bytes();
-    if b.first() != Some(&(EXCEPT_MARK as u8)) || b.len() <= 1 + UUID_LEN {
-        return (None, frame);
+    let conn = b
+        .strip_prefix(&[EXCEPT_MARK as u8])
+        .and_then(|rest| rest.get(..UUID_LEN))
+        .and_then(|id| std::str::from_utf8(id).ok())
+        .and_then(|id| uuid::Uuid::parse_str(id).ok());
+    let Some(conn) = conn else { return (None, frame) };
+    // The cut is after 37 ASCII bytes (checked above), so the rest is UTF-8; were it not, the
+    // message stays whole (and fails as an envelope later) rather than panic.
+    match Frame::try_from(bytes::Bytes::from(frame.clone()).slice(1 + UUID_LEN..)) {
+        Ok(rest) => (Some(conn), rest),
+        Err(_) => (None, frame),
     }
-    let conn = std::str::from_utf8(&b[1..1 + UUID_LEN]).ok().and_then(|s| uuid::Uuid::parse_str(s).ok());
-    let rest = bytes::Bytes::from(frame).slice(1 + UUID_LEN..);
-    (conn, Frame::try_from(rest).expect("a suffix of UTF-8 after ASCII is UTF-8"))
 }
 
 pub(crate) struct Receiver {
@@ -89,18 +98,20 @@ impl Receiver {
 
     fn hand_over(&self, ready: &mut Vec<Ready>) {
         for (user, except, frame) in ready.drain(..) {
-            // Parsed again for its timestamp: only messages that went through the reorder buffer.
-            let ts = protocol::parse_routed(frame.as_bytes()).and_then(|e| e.timestamp.map(|t| t.into_owned()));
-            self.to_hub(&user, &frame, except, ts.as_deref());
+            // Parsed again for its timestamp and offset: only messages that went through the
+            // reorder buffer, which were parsed once already.
+            let (ts, offset) = protocol::parse_routed(frame.as_bytes())
+                .map(|e| (e.timestamp.map(|t| t.into_owned()), e.offset))
+                .unwrap_or_default();
+            self.to_hub(&user, &frame, offset, except, ts.as_deref());
         }
     }
 
     fn deliver(&mut self, value: Value, ready: &mut Vec<Ready>) {
-        let Some(frame) = self.checked(value) else {
+        let Some((except, frame)) = value_bytes(value).and_then(|b| inbound(b, self.max_envelope)) else {
             self.metrics.broker_bad_envelopes.inc();
             return;
         };
-        let (except, frame) = split_except(frame);
         let Some(env) = protocol::parse_routed(frame.as_bytes()) else {
             if *frame == *self.fence {
                 self.fence_seen.notify_waiters();
@@ -110,19 +121,16 @@ impl Receiver {
             }
             return;
         };
-        if let Some(reorder) = self.reorder.as_mut() {
-            let bytes = frame.as_bytes();
-            if let (Some(offset), Some(epoch)) = (protocol::envelope_offset(bytes), protocol::envelope_epoch(bytes)) {
-                reorder.accept(&env.receiver, epoch, offset, except, frame.clone(), tokio::time::Instant::now(), ready);
-                return;
-            }
+        if let (Some(reorder), Some(offset), Some(epoch)) = (self.reorder.as_mut(), env.offset, env.epoch.as_deref()) {
+            reorder.accept(&env.receiver, epoch, offset, except, frame.clone(), tokio::time::Instant::now(), ready);
+            return;
         }
-        self.to_hub(&env.receiver, &frame, except, env.timestamp.as_deref());
+        self.to_hub(&env.receiver, &frame, env.offset, except, env.timestamp.as_deref());
     }
 
     /// Hands an envelope to the receiver's sessions here, and times its trip.
-    fn to_hub(&self, receiver: &str, frame: &Frame, except: Option<uuid::Uuid>, timestamp: Option<&str>) {
-        if self.hub.deliver(receiver, frame, except) > 0 {
+    fn to_hub(&self, receiver: &str, frame: &Frame, offset: Option<u64>, except: Option<uuid::Uuid>, timestamp: Option<&str>) {
+        if self.hub.deliver(receiver, frame, offset, except) > 0 {
             if let Some(sent) = timestamp.and_then(protocol::parse_timestamp) {
                 if let Ok(d) = SystemTime::now().duration_since(sent) {
                     self.metrics.delivery_ms.observe(d.as_secs_f64() * 1e3);
@@ -131,17 +139,24 @@ impl Receiver {
         }
     }
 
-    /// The message as a frame, if it is text within the size limit.
-    fn checked(&self, value: Value) -> Option<Frame> {
-        let bytes = match value {
-            Value::Bytes(b) => b,
-            Value::String(s) => s.into_inner(),
-            _ => return None,
-        };
-        if bytes.len() > self.max_envelope {
-            warn!(bytes = bytes.len(), limit = self.max_envelope, "dropping an envelope larger than a client frame may be");
-            return None;
-        }
-        Frame::try_from(bytes).ok()
+}
+
+/// A pub/sub message's bytes, if it has any.
+fn value_bytes(value: Value) -> Option<bytes::Bytes> {
+    match value {
+        Value::Bytes(b) => Some(b),
+        Value::String(s) => Some(s.into_inner()),
+        _ => None,
     }
+}
+
+/// A message from this node's channel as a frame to deliver, if it is UTF-8 within the size
+/// limit, with the connection to skip (see [`split_except`]). Pure and total: any bytes from
+/// Redis give an answer, never a panic (fuzzed by `wsctl::fuzz::broker_message`).
+pub(crate) fn inbound(bytes: bytes::Bytes, max_envelope: usize) -> Option<(Option<uuid::Uuid>, Frame)> {
+    if bytes.len() > max_envelope {
+        warn!(bytes = bytes.len(), limit = max_envelope, "dropping an envelope larger than a client frame may be");
+        return None;
+    }
+    Frame::try_from(bytes).ok().map(split_except)
 }

@@ -25,21 +25,57 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::routes;
 
-/// Capacity of the queue of route-table changes. Connects wait for room (bounded by
-/// [`super::REGISTER_WAIT`]); disconnects and heartbeats that find it full are dropped and caught
-/// up by the writer's retry and the refresher's reconcile.
+/// Capacity of the queue of connects waiting for their route (each with its waiter). Connects
+/// wait for room (bounded by [`super::REGISTER_WAIT`]). Disconnects and heartbeats never queue:
+/// they mark the user in [`Dirty`], a set with one entry per user, so none is ever dropped.
 pub const ROUTE_QUEUE: usize = 8_192;
 /// Route operations per writer batch at most.
 const ROUTE_BATCH: usize = 1_024;
 /// A failed route write is retried after this long (not at the next 30 s refresh).
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Users whose route may no longer match the hub (a disconnect) or should be re-asserted (a
+/// heartbeat), coalesced: at most one entry per user, so the set is bounded by the users this
+/// node has seen since the writer's last batch, and marking never fails or waits.
+#[derive(Default)]
+pub(crate) struct Dirty {
+    users: std::sync::Mutex<Dirtied>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Dirtied {
+    synced: HashSet<Arc<str>>,
+    touched: HashSet<Arc<str>>,
+}
+
+impl Dirty {
+    /// After a disconnect: the writer makes the route match the hub for `user`.
+    pub(crate) fn sync(&self, user: &Arc<str>) {
+        self.lock().synced.insert(user.clone());
+        self.changed.notify_one();
+    }
+
+    /// A heartbeat: the writer re-asserts the user's route.
+    pub(crate) fn touch(&self, user: &Arc<str>) {
+        self.lock().touched.insert(user.clone());
+        self.changed.notify_one();
+    }
+
+    fn take(&self) -> Dirtied {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Dirtied> {
+        // Every update is one insert or a take: a poisoned lock is still consistent.
+        self.users.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 pub(crate) enum RouteOp {
     /// Make the route table match the hub for this user; reply once Redis confirmed the route.
     /// The reply is dropped (never sent) if the write failed.
-    Sync(Arc<str>, Option<oneshot::Sender<()>>),
-    /// Re-assert the user's whole route (heartbeat).
-    Touch(Arc<str>),
+    Sync(Arc<str>, oneshot::Sender<()>),
     /// Redis may have lost everything (reconnect, or a stall ended): forget what was confirmed.
     Reassert,
     /// Drain: remove every route of this node and its lease; reply once done. Nothing is added
@@ -59,6 +95,8 @@ pub(crate) struct RouteWriter {
     retry: HashSet<Arc<str>>,
     /// Set by a drain: the reply owed once every route is removed.
     leaving: Option<Option<oneshot::Sender<()>>>,
+    /// Disconnects and heartbeats, coalesced.
+    dirty: Arc<Dirty>,
 }
 
 /// One batch's work, after coalescing.
@@ -72,8 +110,9 @@ struct Plan {
 }
 
 impl RouteWriter {
-    pub(crate) fn new(client: Client, server_id: Arc<str>, hub: Arc<Hub>, metrics: Metrics, cluster: bool) -> Self {
+    pub(crate) fn new(client: Client, server_id: Arc<str>, hub: Arc<Hub>, metrics: Metrics, cluster: bool, dirty: Arc<Dirty>) -> Self {
         RouteWriter {
+            dirty,
             client,
             server_id,
             hub,
@@ -91,6 +130,7 @@ impl RouteWriter {
             let pending = !self.retry.is_empty() || matches!(self.leaving, Some(Some(_)));
             tokio::select! {
                 n = rx.recv_many(&mut batch, ROUTE_BATCH) => if n == 0 { return },
+                _ = self.dirty.changed.notified() => {}
                 _ = tokio::time::sleep(RETRY_INTERVAL), if pending => {}
                 _ = stop.cancelled() => return,
             }
@@ -103,18 +143,14 @@ impl RouteWriter {
     /// Coalesces a batch (and the retries) into the users to add and remove.
     fn plan(&mut self, ops: impl Iterator<Item = RouteOp>) -> Plan {
         let mut users: HashSet<Arc<str>> = std::mem::take(&mut self.retry);
-        let mut touched = HashSet::new();
+        let Dirtied { synced, touched } = self.dirty.take();
+        users.extend(synced);
         let mut plan = Plan::default();
         for op in ops {
             match op {
                 RouteOp::Sync(u, w) => {
-                    if let Some(w) = w {
-                        plan.waiters.push((u.clone(), w));
-                    }
+                    plan.waiters.push((u.clone(), w));
                     users.insert(u);
-                }
-                RouteOp::Touch(u) => {
-                    touched.insert(u);
                 }
                 RouteOp::Reassert => self.confirmed.clear(),
                 RouteOp::Leave(tx) => self.leaving = Some(Some(tx)),
