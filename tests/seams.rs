@@ -1,0 +1,154 @@
+//! Where two features meet: history × the HTTP API, a resume × rooms and acks, hostile bytes on
+//! a node's Redis channel, a disconnect during a Redis stall. Real redis-server, real clients;
+//! each test failed on the code before its fix (docs/reliability.md pairs them with the promise).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+use wsctl::broker::HistoryConfig;
+use wsctl::ServerConfig;
+
+const KEY: &str = "seams-api-key";
+
+fn history() -> Option<HistoryConfig> {
+    Some(HistoryConfig { size: 100, ttl: Duration::from_secs(60) })
+}
+
+async fn node(id: &str, redis: &RedisServer, history: Option<HistoryConfig>) -> TestNode {
+    let config = ServerConfig { redis: Some(redis.config()), limits: test_limits(), api_key: Some(KEY.into()), history, ..ServerConfig::embedded(id) };
+    TestNode::start_config(config).await
+}
+
+/// `POST path` with the API key; the status and the JSON answer.
+async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let (status, body) = parse_http_response(&buf);
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// With history, an API publish reaches a receiver on the publishing node once, numbered, and
+/// the answer counts that node once (before: a second copy without offset, straight from the hub).
+#[tokio::test]
+async fn an_api_publish_with_history_reaches_a_local_receiver_once() {
+    let redis = RedisServer::start();
+    let a = node("seam-a", &redis, history()).await;
+    let mut bob = a.connect("bob").await;
+    let (status, answer) = post(a.addr, "/api/publish", json!({"receiverID":"bob","type":"notice","payload":{"n":1}})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!({"receiverID":"bob","online":true,"local":0,"nodes":1}));
+    let got = bob.recv().await;
+    assert_eq!((got["type"].as_str(), got["offset"].as_u64()), (Some("notice"), Some(1)), "{got}");
+    bob.expect_silence(Duration::from_millis(300)).await;
+    a.stop().await;
+}
+
+/// Hostile bytes on `server:<id>` (a skip mark cut inside a character, not UTF-8, not JSON, a
+/// mark with a bad UUID) are dropped and counted; the node keeps delivering and acks stay true.
+#[tokio::test]
+async fn hostile_bytes_on_a_nodes_channel_do_not_stop_its_deliveries() {
+    let redis = RedisServer::start();
+    let (a, b) = (node("seam-a", &redis, None).await, node("seam-b", &redis, None).await);
+    let mut bob = a.connect("bob").await;
+    let mut alice = b.connect("alice").await;
+    let channel = format!("server:{}", a.id);
+    let cut = format!("!{}é{{\"receiverID\":\"bob\"}}", "a".repeat(35));
+    for hostile in [cut.as_str(), "!", "!zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz{}", "not json", "{\"receiverID\":7}", "{\"receiverID\":\"bob\"}x"] {
+        redis.cli(&["PUBLISH", &channel, hostile]);
+    }
+    eventually(Duration::from_secs(5), "the hostile messages are counted", || {
+        let n = a.metrics.broker_bad_envelopes.get();
+        async move { n >= 5 }
+    })
+    .await;
+    for i in 0..3 {
+        alice.send(json!({"type":"chat_message","receiverID":"bob","payload":i,"id":i})).await;
+        assert_eq!(alice.recv_ack().await, json!({"type":"ack","id":i,"online":true}));
+        assert_eq!(bob.recv_chat().await["payload"], i);
+    }
+    assert_eq!(a.metrics.task_restarts.get(), 0, "nothing panicked the receiver");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// After a resume, frames whose payload or id holds `"offset"` (a room message, an ack) are
+/// not taken for replayed history and dropped: the offset travels beside the frame.
+#[tokio::test]
+async fn a_resumed_client_keeps_frames_whose_payload_says_offset() {
+    let redis = RedisServer::start();
+    let a = node("seam-a", &redis, history()).await;
+    let mut alice = a.connect("alice").await;
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":"first","id":0})).await;
+    assert_eq!(alice.recv_ack().await["stored"], true);
+    let (status, answer) = post(a.addr, "/api/publish", json!({"receiverID":"bob","type":"n","payload":2})).await;
+    assert_eq!(status, 200, "{answer}");
+    let url = format!("{}&since=0", a.ws_url("bob"));
+    let mut bob = Client::connect(&url).await;
+    loop {
+        let f = bob.recv().await;
+        if f["type"] == "recovery" {
+            assert_eq!((f["complete"].as_bool(), f["count"].as_u64(), f["offset"].as_u64()), (Some(true), Some(2), Some(2)), "{f}");
+            break;
+        }
+    }
+    bob.send(json!({"type":"join","room":"lobby","id":"j"})).await;
+    assert_eq!(bob.recv_ack().await["id"], "j");
+    alice.send(json!({"type":"join","room":"lobby","id":"j"})).await;
+    assert_eq!(alice.recv_ack().await["id"], "j");
+    alice.send(json!({"type":"room_message","room":"lobby","payload":{"a":0,"offset":1}})).await;
+    let got = bob.recv().await;
+    assert_eq!((got["type"].as_str(), &got["payload"]), (Some("room_message"), &json!({"a":0,"offset":1})), "{got}");
+    bob.send(json!({"type":"chat_message","receiverID":"nobody","payload":1,"id":{"x":0,"offset":1}})).await;
+    assert_eq!(bob.recv_ack().await["id"], json!({"x":0,"offset":1}));
+    a.stop().await;
+}
+
+/// A disconnect while the route writer is stuck behind a Redis pause, with its queue full of
+/// heartbeats, still removes the route once Redis answers (before: dropped on the full queue,
+/// and senders were told `online:true` for up to a minute).
+#[tokio::test]
+async fn a_disconnect_during_a_redis_pause_is_never_dropped() {
+    let redis = RedisServer::start();
+    let a = node("seam-a", &redis, None).await;
+    let gone = a.connect("gone").await;
+    let mut beater = a.connect("beater").await;
+    let member = || redis.cli(&["SISMEMBER", "user_servers:gone", "seam-a"]);
+    assert_eq!(member(), "1");
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "20000", "WRITE"]), "OK");
+    // More heartbeats than the writer's queue holds, while its first batch waits on Redis.
+    let beats = wsctl::broker::ROUTE_QUEUE + 2_000;
+    for _ in 1..beats {
+        beater.send(json!({"type":"heartbeat"})).await;
+    }
+    beater.send(json!({"type":"heartbeat","id":"last"})).await;
+    loop {
+        if beater.recv().await["id"] == "last" {
+            break;
+        }
+    }
+    gone.close().await;
+    eventually(Duration::from_secs(5), "the hub lets go of the connection", || {
+        let n = a.metrics.active_connections.get();
+        async move { n == 1 }
+    })
+    .await;
+    assert_eq!(redis.cli(&["CLIENT", "UNPAUSE"]), "OK");
+    eventually(Duration::from_secs(10), "the route of the user who left is removed", || {
+        let m = member();
+        async move { m == "0" }
+    })
+    .await;
+    a.stop().await;
+}
