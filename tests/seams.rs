@@ -152,3 +152,73 @@ async fn a_disconnect_during_a_redis_pause_is_never_dropped() {
     .await;
     a.stop().await;
 }
+
+/// Reads frames until one with each id in `ids` came; panics past `within`. Returns them by id.
+async fn answers(c: &mut Client, ids: &[Value], within: Duration) -> Vec<Value> {
+    let mut got = vec![Value::Null; ids.len()];
+    tokio::time::timeout(within, async {
+        while got.iter().any(Value::is_null) {
+            let f = c.recv().await;
+            if let Some(i) = ids.iter().position(|id| *id == f["id"]) {
+                got[i] = f;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not every frame was answered within {within:?}: {got:?}"));
+    got
+}
+
+/// While Redis is stalled, joins of three rooms and a chat message are all answered within the
+/// 3 s bound (before: each room's subscribe waited out its own 2 s in turn, and the chat ack
+/// waited behind them, ~6 s).
+#[tokio::test]
+async fn a_slow_join_does_not_hold_up_later_answers() {
+    let redis = RedisServer::start();
+    let a = node("seam-a", &redis, None).await;
+    let mut bob = a.connect("bob").await;
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "5000", "ALL"]), "OK");
+    let mut ids = Vec::new();
+    for room in ["r1", "r2", "r3"] {
+        bob.send(json!({"type":"join","room":room,"id":room})).await;
+        ids.push(json!(room));
+    }
+    bob.send(json!({"type":"chat_message","receiverID":"carol","payload":1,"id":"chat"})).await;
+    ids.push(json!("chat"));
+    let got = answers(&mut bob, &ids, Duration::from_millis(3_600)).await;
+    assert_eq!(redis.cli(&["CLIENT", "UNPAUSE"]), "OK");
+    for f in &got {
+        let answered = f["type"] == "ack" || (f["type"] == "error" && f["code"] == "unavailable");
+        assert!(answered, "{f}");
+    }
+    a.stop().await;
+}
+
+/// A join that races the last leave's UNSUBSCRIBE is not acked while the node is unsubscribing
+/// (before: acked at once, then the unsubscribe went through and the member heard nothing); it
+/// is acked once the node has subscribed again, and then hears the room.
+#[tokio::test]
+async fn a_join_racing_the_last_leave_is_acked_only_when_subscribed() {
+    let redis = RedisServer::start();
+    let (a, b) = (node("seam-a", &redis, None).await, node("seam-b", &redis, None).await);
+    let mut bob = a.connect("bob").await;
+    let mut carol = b.connect("carol").await;
+    for c in [&mut bob, &mut carol] {
+        c.send(json!({"type":"join","room":"lobby","id":"j"})).await;
+        assert_eq!(c.recv_ack().await["id"], "j");
+    }
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "1500", "ALL"]), "OK");
+    bob.send(json!({"type":"leave","room":"lobby","id":"l"})).await;
+    assert_eq!(bob.recv_ack().await["id"], "l");
+    // No event to wait on: the UNSUBSCRIBE now waits inside the paused Redis.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bob.send(json!({"type":"join","room":"lobby","id":"again"})).await;
+    assert!(bob.try_recv(Duration::from_millis(800)).await.is_none(), "a join acked while its subscription was going away");
+    let ack = bob.recv_ack().await;
+    assert_eq!((ack["id"].as_str(), ack["code"].as_str()), (Some("again"), None), "{ack}");
+    carol.send(json!({"type":"room_message","room":"lobby","payload":"hello","id":"m"})).await;
+    assert_eq!(carol.recv_ack().await["nodes"], 1);
+    assert_eq!(bob.recv().await["payload"], "hello");
+    a.stop().await;
+    b.stop().await;
+}

@@ -157,6 +157,9 @@ pub struct Ticket(TicketState);
 enum TicketState {
     Ready(Option<PublishResult>),
     Waiting(oneshot::Receiver<PublishResult>),
+    /// Waiting, but `unavailable` once the sleep ends (a join: its subscription has no deadline
+    /// of its own when the subscription task is busy with other rooms).
+    Bounded(oneshot::Receiver<PublishResult>, Pin<Box<tokio::time::Sleep>>),
 }
 
 impl Ticket {
@@ -170,6 +173,12 @@ impl Ticket {
         let (tx, rx) = oneshot::channel();
         (tx, Ticket(TicketState::Waiting(rx)))
     }
+
+    /// [`Ticket::pending`] that resolves `unavailable` if no outcome came within `bound`.
+    pub(crate) fn pending_within(bound: std::time::Duration) -> (oneshot::Sender<PublishResult>, Ticket) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Ticket(TicketState::Bounded(rx, Box::pin(tokio::time::sleep(bound)))))
+    }
 }
 
 impl Future for Ticket {
@@ -179,6 +188,10 @@ impl Future for Ticket {
         match &mut self.0 {
             TicketState::Ready(r) => Poll::Ready(r.take().expect("ticket polled after completion")),
             TicketState::Waiting(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(PublishError::Stopped))),
+            TicketState::Bounded(rx, sleep) => match Pin::new(rx).poll(cx) {
+                Poll::Ready(r) => Poll::Ready(r.unwrap_or(Err(PublishError::Stopped))),
+                Poll::Pending => sleep.as_mut().poll(cx).map(|()| Err(PublishError::Unavailable)),
+            },
         }
     }
 }

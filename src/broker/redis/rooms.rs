@@ -50,6 +50,12 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// `unavailable`); it is retried.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A join is answered within this whatever the subscription task is doing (other rooms'
+/// subscriptions, each bounded by [`SUBSCRIBE_TIMEOUT`], go one after another): `unavailable`
+/// then, and the subscription follows when Redis answers. With [`BATCH_DEADLINE`] for sends,
+/// every frame of a connection is answered within about this.
+pub const JOIN_DEADLINE: Duration = Duration::from_secs(3);
+
 /// `room:<name>`.
 pub fn room_channel(room: &str) -> String {
     format!("{ROOM_CHANNEL_PREFIX}{room}")
@@ -66,6 +72,9 @@ pub fn room_members_key(room: &str) -> String {
 #[derive(Default)]
 pub(crate) struct SubState {
     subscribed: HashSet<Arc<str>>,
+    /// Rooms being unsubscribed right now: a join must not be acked on a subscription that is
+    /// going away; it waits for the next subscribe.
+    unsubscribing: HashSet<Arc<str>>,
     waiters: HashMap<Arc<str>, Vec<oneshot::Sender<PublishResult>>>,
 }
 
@@ -125,13 +134,13 @@ impl RoomChannels {
     /// subscription failed.
     pub(crate) fn joined(&self, room: &str) -> Ticket {
         let mut st = lock(&self.state);
-        if st.subscribed.contains(room) {
+        if st.subscribed.contains(room) && !st.unsubscribing.contains(room) {
             return Ticket::ready(Ok(Routed::default()));
         }
         if self.health.is_degraded() {
             return Ticket::ready(Err(PublishError::Unavailable));
         }
-        let (tx, ticket) = Ticket::pending();
+        let (tx, ticket) = Ticket::pending_within(JOIN_DEADLINE);
         st.waiters.entry(Arc::from(room)).or_default().push(tx);
         ticket
     }
@@ -212,7 +221,10 @@ impl Subscriptions {
             let subscribed = lock(&self.state).subscribed.contains(&room);
             let ok = match (members > 0, subscribed) {
                 (true, false) => self.change(&room, true).await,
-                (false, true) => self.change(&room, false).await,
+                (false, true) => {
+                    lock(&self.state).unsubscribing.insert(room.clone());
+                    self.change(&room, false).await
+                }
                 _ => true,
             };
             if !ok {
@@ -259,6 +271,7 @@ impl Subscriptions {
     /// Records the subscription state and answers the joins waiting on it.
     fn settle(&self, room: &Arc<str>, want: bool, ok: bool) {
         let mut st = lock(&self.state);
+        st.unsubscribing.remove(room);
         if ok {
             if want {
                 st.subscribed.insert(room.clone());
@@ -267,8 +280,11 @@ impl Subscriptions {
             }
         }
         let is_subscribed = st.subscribed.contains(room);
-        // Waiters of a room nobody is in any more (the joiner left again) are answered too.
-        if is_subscribed || !want || !ok {
+        // Waiters of a room nobody is in any more (the joiner left again) are answered too; a
+        // join made while the room was being unsubscribed has made it dirty again, and is
+        // answered by the subscribe that follows.
+        let rejoined = !want && self.rooms.members(room) > 0;
+        if (is_subscribed || !want || !ok) && !rejoined {
             let result = if ok || is_subscribed { Ok(Routed::default()) } else { Err(PublishError::Unavailable) };
             for w in st.waiters.remove(room).unwrap_or_default() {
                 let _ = w.send(result);
