@@ -43,10 +43,12 @@ pub enum CloseReason {
     RateLimited,
     /// The server failed (1011).
     Internal,
+    /// Messages to the connection may have been dropped on this node: resume (4009).
+    Lagged,
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 10] = [
+    const ALL: [CloseReason; 11] = [
         CloseReason::PeerGone,
         CloseReason::PeerBroke,
         CloseReason::Idle,
@@ -57,6 +59,7 @@ impl CloseReason {
         CloseReason::Policy,
         CloseReason::RateLimited,
         CloseReason::Internal,
+        CloseReason::Lagged,
     ];
 
     fn from_u8(v: u8) -> Option<CloseReason> {
@@ -75,6 +78,7 @@ impl CloseReason {
             CloseReason::Policy => (close::POLICY, "token expired"),
             CloseReason::RateLimited => (close::RATE_LIMITED, "rate limited"),
             CloseReason::Internal => (close::INTERNAL, "internal error"),
+            CloseReason::Lagged => (close::RESUME, "messages may be missing: reconnect and resume"),
         })
     }
 
@@ -95,6 +99,7 @@ impl CloseReason {
                 | CloseReason::Policy
                 | CloseReason::RateLimited
                 | CloseReason::Internal
+                | CloseReason::Lagged
         )
     }
 }
@@ -312,6 +317,15 @@ impl Hub {
             out.extend(shard.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned());
         }
         out
+    }
+
+    /// Queues `frame` to every session (a notice for all, e.g. messages lost); never waits.
+    pub fn offer_all(&self, frame: &Frame) {
+        for shard in self.shards.iter() {
+            for e in shard.lock().unwrap_or_else(|p| p.into_inner()).values().flatten() {
+                e.outbox.offer(frame.clone(), &self.metrics);
+            }
+        }
     }
 
     /// Asks every session to close (drain: [`CloseReason::Draining`]).

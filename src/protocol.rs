@@ -56,6 +56,9 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The client sent faster than allowed.
     pub const RATE_LIMITED: u16 = 4029;
+    /// The node may have dropped messages to this connection (its subscriber fell behind Redis):
+    /// reconnect and resume (`since`/`epoch`) to get them from history. Sent only with history on.
+    pub const RESUME: u16 = 4009;
 }
 
 /// Stable error codes carried by `{"type":"error","code":...}` frames.
@@ -98,6 +101,9 @@ pub enum ErrorCode {
     BadReceiver,
     /// The connection sends faster than its rate limit: frames are being dropped.
     RateLimited,
+    /// The node dropped messages from other nodes (its subscriber fell behind Redis); some may
+    /// have been for this connection. Without history there is nothing to resume from.
+    MessagesLost,
 }
 
 impl ErrorCode {
@@ -122,6 +128,7 @@ impl ErrorCode {
             ErrorCode::TooDeep => "too_deep",
             ErrorCode::BadReceiver => "bad_receiver",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::MessagesLost => "messages_lost",
         }
     }
 }

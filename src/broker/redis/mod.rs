@@ -369,7 +369,7 @@ impl RedisBroker {
 fn receiver_factory(node: &NodeInfo, broker: &RedisBroker, cluster: bool) -> impl Fn() -> subscriber::Receiver + Send + 'static {
     let (hub, metrics, max_envelope, rooms, server_id) =
         (node.hub.clone(), node.metrics.clone(), node.max_envelope, node.rooms.clone(), node.server_id.clone());
-    let (fence, fence_seen) = (broker.fence.clone(), broker.fence_seen.clone());
+    let (fence, fence_seen, history) = (broker.fence.clone(), broker.fence_seen.clone(), broker.history.is_some());
     move || subscriber::Receiver {
         hub: hub.clone(),
         metrics: metrics.clone(),
@@ -378,6 +378,7 @@ fn receiver_factory(node: &NodeInfo, broker: &RedisBroker, cluster: bool) -> imp
         fence_seen: fence_seen.clone(),
         rooms: rooms::RoomInbound { rooms: rooms.clone(), server_id: server_id.clone(), metrics: metrics.clone(), max_envelope },
         reorder: cluster.then(reorder::Reorder::default),
+        history,
     }
 }
 

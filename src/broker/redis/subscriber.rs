@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::reorder::{Ready, Reorder};
-use crate::hub::Hub;
+use crate::hub::{Hub, Queued};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Frame};
 
@@ -63,6 +63,8 @@ pub(crate) struct Receiver {
     pub(crate) rooms: super::rooms::RoomInbound,
     /// On a Cluster: puts each user's history messages back in offset order (see [`Reorder`]).
     pub(crate) reorder: Option<Reorder>,
+    /// History is on: a client told of lost messages can resume and get them back.
+    pub(crate) history: bool,
 }
 
 impl Receiver {
@@ -87,12 +89,23 @@ impl Receiver {
                     self.deliver(m.value, &mut ready);
                     self.hand_over(&mut ready);
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    self.metrics.broker_lagged.inc_by(n);
-                    warn!(lost = n, "subscriber fell behind; messages were dropped");
-                }
+                Err(broadcast::error::RecvError::Lagged(n)) => self.lagged(n),
                 Err(broadcast::error::RecvError::Closed) => return,
             }
+        }
+    }
+
+    /// fred's channel dropped `n` messages: which receivers they were for is unknown, so every
+    /// connection here is told. With history, each is closed with 4009 and resumes from its
+    /// last offset, losing nothing; without, each gets a `messages_lost` error frame.
+    fn lagged(&self, n: u64) {
+        self.metrics.broker_lagged.inc_by(n);
+        warn!(lost = n, history = self.history, "subscriber fell behind; messages were dropped and every connection told");
+        if self.history {
+            self.hub.close_all(crate::hub::CloseReason::Lagged);
+        } else {
+            let err = protocol::FrameError::new(protocol::ErrorCode::MessagesLost, format!("this node dropped {n} message(s) from other nodes; some may have been yours"));
+            self.hub.offer_all(&protocol::encode_error(None, &err));
         }
     }
 
@@ -159,4 +172,64 @@ pub(crate) fn inbound(bytes: bytes::Bytes, max_envelope: usize) -> Option<(Optio
         return None;
     }
     Frame::try_from(bytes).ok().map(split_except)
+}
+
+#[cfg(test)]
+mod tests {
+    use fred::types::config::Server;
+    use fred::types::MessageKind;
+
+    use super::*;
+    use crate::hub::{CloseReason, Outbox};
+    use crate::rooms::{RoomLimits, Rooms};
+
+    fn receiver(history: bool) -> (Receiver, Arc<Hub>, Metrics) {
+        let metrics = Metrics::new();
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let rooms = Arc::new(Rooms::new(RoomLimits::default(), metrics.clone()));
+        let r = Receiver {
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            max_envelope: 1024,
+            fence: "fence".into(),
+            fence_seen: Arc::default(),
+            rooms: super::super::rooms::RoomInbound { rooms, server_id: "me".into(), metrics: metrics.clone(), max_envelope: 1024 },
+            reorder: None,
+            history,
+        };
+        (r, hub, metrics)
+    }
+
+    fn message(text: &str) -> Message {
+        Message { channel: "server:me".into(), value: Value::from(text), kind: MessageKind::Message, server: Server::new("127.0.0.1", 6379) }
+    }
+
+    /// fred's channel, overrun: the receiver counts the loss and tells every connection (with
+    /// history: a 4009 close to resume from; without: a `messages_lost` error frame).
+    async fn lag_is_told(history: bool) -> (Option<CloseReason>, Option<Queued>, u64) {
+        let (r, hub, metrics) = receiver(history);
+        let (outbox, mut rx, ctl) = Outbox::new(16, 1 << 20);
+        hub.add(&Arc::from("bob"), uuid::Uuid::new_v4(), outbox);
+        let (tx, sub) = broadcast::channel(2);
+        for i in 0..5 {
+            tx.send(message(&format!("{{\"receiverID\":\"carol\",\"n\":{i}}}"))).unwrap();
+        }
+        drop(tx);
+        r.run(sub, CancellationToken::new()).await;
+        (ctl.reason(), rx.try_recv().ok(), metrics.broker_lagged.get())
+    }
+
+    #[tokio::test]
+    async fn a_lag_closes_every_connection_to_resume_with_history() {
+        let (reason, _, lost) = lag_is_told(true).await;
+        assert_eq!((reason, lost), (Some(CloseReason::Lagged), 3));
+    }
+
+    #[tokio::test]
+    async fn a_lag_is_an_error_frame_to_every_connection_without_history() {
+        let (reason, frame, lost) = lag_is_told(false).await;
+        assert_eq!((reason, lost), (None, 3));
+        let frame: serde_json::Value = serde_json::from_str(&frame.expect("told").frame).unwrap();
+        assert_eq!(frame["code"], "messages_lost");
+    }
 }
