@@ -169,15 +169,42 @@ async fn answers(c: &mut Client, ids: &[Value], within: Duration) -> Vec<Value> 
     got
 }
 
+/// A Redis with `DEBUG SLEEP` on: a real stall of the whole server, subscriptions included
+/// (`CLIENT PAUSE` lets SUBSCRIBE through).
+fn stallable_redis() -> RedisServer {
+    RedisServer::start_with(vec!["--enable-debug-command".into(), "yes".into()])
+}
+
+/// Starts `DEBUG SLEEP secs` and returns once Redis has stopped answering.
+fn stall(redis: &RedisServer, secs: &str) -> std::process::Child {
+    let child = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "DEBUG", "SLEEP", secs])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-cli runs");
+    let stalled = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        s.write_all(b"PING\r\n").unwrap();
+        s.read(&mut [0u8; 16]).is_err()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !stalled() {
+        assert!(std::time::Instant::now() < deadline, "DEBUG SLEEP did not take effect");
+    }
+    child
+}
+
 /// While Redis is stalled, joins of three rooms and a chat message are all answered within the
 /// 3 s bound (before: each room's subscribe waited out its own 2 s in turn, and the chat ack
 /// waited behind them, ~6 s).
 #[tokio::test]
 async fn a_slow_join_does_not_hold_up_later_answers() {
-    let redis = RedisServer::start();
+    let redis = stallable_redis();
     let a = node("seam-a", &redis, None).await;
     let mut bob = a.connect("bob").await;
-    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "5000", "ALL"]), "OK");
+    let mut sleeper = stall(&redis, "7");
     let mut ids = Vec::new();
     for room in ["r1", "r2", "r3"] {
         bob.send(json!({"type":"join","room":room,"id":room})).await;
@@ -186,11 +213,11 @@ async fn a_slow_join_does_not_hold_up_later_answers() {
     bob.send(json!({"type":"chat_message","receiverID":"carol","payload":1,"id":"chat"})).await;
     ids.push(json!("chat"));
     let got = answers(&mut bob, &ids, Duration::from_millis(3_600)).await;
-    assert_eq!(redis.cli(&["CLIENT", "UNPAUSE"]), "OK");
     for f in &got {
         let answered = f["type"] == "ack" || (f["type"] == "error" && f["code"] == "unavailable");
         assert!(answered, "{f}");
     }
+    let _ = sleeper.wait();
     a.stop().await;
 }
 
@@ -199,7 +226,7 @@ async fn a_slow_join_does_not_hold_up_later_answers() {
 /// is acked once the node has subscribed again, and then hears the room.
 #[tokio::test]
 async fn a_join_racing_the_last_leave_is_acked_only_when_subscribed() {
-    let redis = RedisServer::start();
+    let redis = stallable_redis();
     let (a, b) = (node("seam-a", &redis, None).await, node("seam-b", &redis, None).await);
     let mut bob = a.connect("bob").await;
     let mut carol = b.connect("carol").await;
@@ -207,13 +234,12 @@ async fn a_join_racing_the_last_leave_is_acked_only_when_subscribed() {
         c.send(json!({"type":"join","room":"lobby","id":"j"})).await;
         assert_eq!(c.recv_ack().await["id"], "j");
     }
-    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "1500", "ALL"]), "OK");
+    let mut sleeper = stall(&redis, "1.5");
     bob.send(json!({"type":"leave","room":"lobby","id":"l"})).await;
     assert_eq!(bob.recv_ack().await["id"], "l");
-    // No event to wait on: the UNSUBSCRIBE now waits inside the paused Redis.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     bob.send(json!({"type":"join","room":"lobby","id":"again"})).await;
     assert!(bob.try_recv(Duration::from_millis(800)).await.is_none(), "a join acked while its subscription was going away");
+    let _ = sleeper.wait();
     let ack = bob.recv_ack().await;
     assert_eq!((ack["id"].as_str(), ack["code"].as_str()), (Some("again"), None), "{ack}");
     carol.send(json!({"type":"room_message","room":"lobby","payload":"hello","id":"m"})).await;
@@ -221,4 +247,37 @@ async fn a_join_racing_the_last_leave_is_acked_only_when_subscribed() {
     assert_eq!(bob.recv().await["payload"], "hello");
     a.stop().await;
     b.stop().await;
+}
+
+/// A resume of more history than the send queue holds is read and written in pages of at most
+/// the queue's byte bound (so 100 resumes that stop reading cost 100 queues, not 100 histories),
+/// and still arrives whole: every offset once, in order, then a complete `recovery`, then live.
+#[tokio::test]
+async fn a_large_resume_is_replayed_in_pages_within_the_queue_bound() {
+    let redis = RedisServer::start();
+    let limits = wsctl::Limits { send_queue_bytes: 128 * 1024, ..test_limits() };
+    let history = Some(HistoryConfig { size: 300, ttl: Duration::from_secs(60) });
+    let config = ServerConfig { redis: Some(redis.config()), limits, history, ..ServerConfig::embedded("seam-a") };
+    let a = TestNode::start_config(config).await;
+    let mut alice = a.connect("alice").await;
+    let text = "x".repeat(16 * 1024);
+    for i in 0..80 {
+        alice.send(json!({"type":"chat_message","receiverID":"bob","payload":{"i":i,"text":text},"id":i})).await;
+        assert_eq!(alice.recv_ack().await["stored"], true);
+    }
+    let reads = |r: &RedisServer| r.cli(&["INFO", "commandstats"]).lines().find(|l| l.starts_with("cmdstat_evalsha:")).map(str::to_string);
+    let before = reads(&redis);
+    let mut bob = Client::connect(&format!("{}&since=0", a.ws_url("bob"))).await;
+    for i in 0..80u64 {
+        let f = bob.recv().await;
+        assert_eq!((f["offset"].as_u64(), &f["payload"]["i"]), (Some(i + 1), &json!(i)), "replayed in order, once");
+    }
+    let rec = bob.recv().await;
+    assert_eq!((rec["type"].as_str(), rec["complete"].as_bool(), rec["count"].as_u64(), rec["offset"].as_u64()), (Some("recovery"), Some(true), Some(80), Some(80)), "{rec}");
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":"live","id":"live"})).await;
+    assert_eq!(bob.recv().await["offset"], 81);
+    let calls = |line: Option<String>| line.and_then(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok()).unwrap_or(0);
+    // 80 x 16 KiB in pages of at most 128 KiB: at least 10 reads (one more with the live send).
+    assert!(calls(reads(&redis)) - calls(before) >= 11, "the replay was not paged: {:?}", reads(&redis));
+    a.stop().await;
 }

@@ -109,25 +109,37 @@ impl RecoveryGap {
     }
 }
 
-/// What a resume found: the kept messages after the client's offset, in order, and whether they
-/// are all it missed.
+/// What one page of a resume found: kept messages after the client's offset, in order, whether
+/// they are all it missed, and whether more follow (the page's byte budget was reached).
 #[derive(Debug, Clone)]
 pub struct Recovery {
     /// Final envelopes, in offset order.
     pub entries: Vec<Frame>,
     /// The history's current epoch ("" when unknown).
     pub epoch: String,
-    /// The history's last offset when read: what the client has after the replay.
+    /// The offset of the last entry of the page (of the history, when the page is empty): what
+    /// the client has after it.
     pub offset: u64,
     /// None: complete.
     pub gap: Option<RecoveryGap>,
+    /// More entries follow `offset`: read the next page from there.
+    pub more: bool,
 }
 
 impl Recovery {
     /// Nothing replayed, for `why`.
     pub fn failed(since: u64, why: RecoveryGap) -> Recovery {
-        Recovery { entries: Vec::new(), epoch: String::new(), offset: since, gap: Some(why) }
+        Recovery { entries: Vec::new(), epoch: String::new(), offset: since, gap: Some(why), more: false }
     }
+}
+
+/// How much one page of a resume may hold: entries reaching back at most `count`, and at most
+/// `bytes` of them (the connection's send-queue byte bound, so a replay costs no more memory
+/// than a full send queue, however many resumes run at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayBudget {
+    pub count: usize,
+    pub bytes: usize,
 }
 
 /// Why a message could not be routed to other nodes. Local delivery already happened.
@@ -260,11 +272,11 @@ impl Broker {
         matches!(self, Broker::Redis(b) if b.history().is_some())
     }
 
-    /// A resume: the messages of `user` kept after `since` (in `epoch`), bounded in time and count.
-    /// Never fails: trouble becomes a [`Recovery`] with a gap.
-    pub async fn recover(&self, user: &str, since: u64, epoch: Option<&str>) -> Recovery {
+    /// One page of a resume: the messages of `user` kept after `since` (in `epoch`), bounded in
+    /// time, count and bytes. Never fails: trouble becomes a [`Recovery`] with a gap.
+    pub async fn recover(&self, user: &str, since: u64, epoch: Option<&str>, budget: ReplayBudget) -> Recovery {
         match self {
-            Broker::Redis(b) => b.recover(user, since, epoch).await,
+            Broker::Redis(b) => b.recover(user, since, epoch, budget).await,
             Broker::Memory(_) => Recovery::failed(since, RecoveryGap::HistoryOff),
         }
     }

@@ -17,7 +17,7 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 use rand::distr::{Alphanumeric, SampleString};
 
-use crate::broker::{HistoryConfig, Recovery, RecoveryGap};
+use crate::broker::{HistoryConfig, Recovery, RecoveryGap, ReplayBudget};
 use crate::protocol::Frame;
 
 use super::script::evalsha;
@@ -83,12 +83,13 @@ return out"#
     ))
 }
 
-/// Reads what a resume needs, atomically (both keys are in one slot): KEYS[1] list, KEYS[2]
-/// meta; ARGV[1] the client's `since` (0 when its epoch is not the current one), ARGV[2] the
-/// client's epoch, ARGV[3] a new epoch (used to create the meta when there is none, so the client
-/// learns the epoch its next messages will carry), ARGV[4] TTL ms, ARGV[5] the replay bound.
-/// Returns {epoch, offset, entries}: the kept entries with an offset above `since`, the newest
-/// ARGV[5] of them at most.
+/// Reads one page of what a resume needs, atomically (both keys are in one slot): KEYS[1] list,
+/// KEYS[2] meta; ARGV[1] the client's `since` (0 when its epoch is not the current one), ARGV[2]
+/// the client's epoch, ARGV[3] a new epoch (used to create the meta when there is none, so the
+/// client learns the epoch its next messages will carry), ARGV[4] TTL ms, ARGV[5] the most
+/// entries to reach back, ARGV[6] the page's byte budget. Returns {epoch, offset, from, entries}:
+/// the kept entries from offset `from` on (after `since`, the newest ARGV[5] at most), in order,
+/// as many as fit in the budget (one at least).
 fn read_script() -> Script {
     Script::from_lua(
         r#"local hk, mk = KEYS[1], KEYS[2]
@@ -108,23 +109,33 @@ local first = offset - len + 1
 local from = math.max(since + 1, first)
 local max = tonumber(ARGV[5])
 if offset - from + 1 > max then from = offset - max + 1 end
-local entries = {}
-if from <= offset then entries = redis.call('LRANGE', hk, from - first, offset - first) end
-return {epoch, offset, entries}"#,
+local budget, used, entries = tonumber(ARGV[6]), 0, {}
+local i = from
+while i <= offset do
+  local last = math.min(offset, i + 63)
+  for _, e in ipairs(redis.call('LRANGE', hk, i - first, last - first)) do
+    if #entries > 0 and used + #e > budget then return {epoch, offset, from, entries} end
+    used = used + #e
+    entries[#entries + 1] = e
+  end
+  i = last + 1
+end
+return {epoch, offset, from, entries}"#,
     )
 }
 
 /// Replays at most this many messages on one resume; a client further behind gets the newest
-/// this many and `complete:false` (`too_far_behind`). Bounds the work and memory of one
-/// handshake: 1,000 chat envelopes are ~250 KB.
+/// this many and `complete:false` (`too_far_behind`). Bounds the work of one handshake.
 pub const REPLAY_MAX: usize = 1_000;
-/// A resume's history read not answered within this gives `complete:false` (`unavailable`):
-/// the connection stays up with live messages, and the client may resume again later.
+/// One page of a resume's history read not answered within this gives `complete:false`
+/// (`unavailable`): the connection stays up with live messages, and the client may resume again
+/// later.
 pub const REPLAY_DEADLINE: Duration = Duration::from_secs(2);
 
-/// Reads the history of `user` after `since` (bounded by [`REPLAY_DEADLINE`]) and says whether
-/// it reaches back far enough.
-pub(crate) async fn recover(client: &Client, cfg: &HistoryConfig, user: &str, since: u64, epoch: Option<&str>) -> Recovery {
+/// Reads one page of the history of `user` after `since` (bounded by [`REPLAY_DEADLINE`]): at
+/// most `budget.count` entries back and `budget.bytes` of them (one at least), and says whether
+/// they reach back far enough and whether more follow.
+pub(crate) async fn recover(client: &Client, cfg: &HistoryConfig, user: &str, since: u64, epoch: Option<&str>, budget: ReplayBudget) -> Recovery {
     let script = read_script();
     let call = || {
         let keys = vec![history_key(user), meta_key(user)];
@@ -133,7 +144,8 @@ pub(crate) async fn recover(client: &Client, cfg: &HistoryConfig, user: &str, si
             Value::from(epoch.unwrap_or("")),
             Value::from(new_epoch()),
             Value::from(ttl_ms(cfg)),
-            Value::from(REPLAY_MAX as i64),
+            Value::from(budget.count.max(1) as i64),
+            Value::from(budget.bytes as i64),
         ];
         (keys, args)
     };
@@ -142,14 +154,15 @@ pub(crate) async fn recover(client: &Client, cfg: &HistoryConfig, user: &str, si
         Ok(Ok(v)) => v,
         _ => return Recovery::failed(since, RecoveryGap::Unavailable),
     };
-    decide(value, since, epoch).unwrap_or_else(|| Recovery::failed(since, RecoveryGap::Unavailable))
+    decide(value, since, epoch, budget.count).unwrap_or_else(|| Recovery::failed(since, RecoveryGap::Unavailable))
 }
 
 /// Turns the read script's reply into the client's answer.
-fn decide(value: Value, since: u64, epoch: Option<&str>) -> Option<Recovery> {
+fn decide(value: Value, since: u64, epoch: Option<&str>, max: usize) -> Option<Recovery> {
     let mut parts = value.into_array().into_iter();
     let current = parts.next()?.as_string()?;
     let offset = parts.next()?.as_u64()?;
+    let from = parts.next()?.as_u64()?;
     let entries: Vec<Frame> = parts
         .next()?
         .into_array()
@@ -158,35 +171,46 @@ fn decide(value: Value, since: u64, epoch: Option<&str>) -> Option<Recovery> {
         .collect();
     // A client that has nothing yet (since 0, no epoch) misses nothing by not knowing the epoch.
     let same_epoch = epoch.map_or(since == 0, |e| e == current);
-    let from = if same_epoch { since } else { 0 };
+    let since = if same_epoch { since } else { 0 };
     let gap = if !same_epoch {
         Some(RecoveryGap::EpochChanged)
     } else if since > offset {
         Some(RecoveryGap::Ahead)
-    } else if (entries.len() as u64) < offset - from {
-        Some(if offset - from > REPLAY_MAX as u64 { RecoveryGap::TooFarBehind } else { RecoveryGap::Trimmed })
+    } else if from > since + 1 {
+        Some(if offset - since > max as u64 { RecoveryGap::TooFarBehind } else { RecoveryGap::Trimmed })
     } else {
         None
     };
-    Some(Recovery { entries, epoch: current, offset, gap })
+    let last = if entries.is_empty() { offset } else { from + entries.len() as u64 - 1 };
+    Some(Recovery { entries, epoch: current, offset: last, gap, more: last < offset })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn reply(epoch: &str, offset: i64, n: usize) -> Value {
+    /// The script's reply: `n` entries from offset `from`, the history ending at `offset`.
+    fn reply(epoch: &str, offset: i64, from: i64, n: usize) -> Value {
         let entries: Vec<Value> = (0..n).map(|i| Value::from(format!("{{\"n\":{i}}}"))).collect();
-        Value::Array(vec![Value::from(epoch), Value::from(offset), Value::Array(entries)])
+        Value::Array(vec![Value::from(epoch), Value::from(offset), Value::from(from), Value::Array(entries)])
     }
 
     #[test]
     fn complete_only_when_every_missed_offset_is_replayed() {
-        assert_eq!(decide(reply("e", 10, 4), 6, Some("e")).unwrap().gap, None);
-        assert_eq!(decide(reply("e", 10, 3), 6, Some("e")).unwrap().gap, Some(RecoveryGap::Trimmed));
-        assert_eq!(decide(reply("f", 10, 10), 6, Some("e")).unwrap().gap, Some(RecoveryGap::EpochChanged));
-        assert_eq!(decide(reply("e", 3, 0), 6, Some("e")).unwrap().gap, Some(RecoveryGap::Ahead));
-        assert_eq!(decide(reply("e", 0, 0), 0, None).unwrap().gap, None);
-        assert_eq!(decide(reply("e", 5000, REPLAY_MAX), 0, Some("e")).unwrap().gap, Some(RecoveryGap::TooFarBehind));
+        let gap = |v, since, epoch| decide(v, since, epoch, REPLAY_MAX).unwrap().gap;
+        assert_eq!(gap(reply("e", 10, 7, 4), 6, Some("e")), None);
+        assert_eq!(gap(reply("e", 10, 8, 3), 6, Some("e")), Some(RecoveryGap::Trimmed));
+        assert_eq!(gap(reply("f", 10, 1, 10), 6, Some("e")), Some(RecoveryGap::EpochChanged));
+        assert_eq!(gap(reply("e", 3, 7, 0), 6, Some("e")), Some(RecoveryGap::Ahead));
+        assert_eq!(gap(reply("e", 0, 1, 0), 0, None), None);
+        assert_eq!(gap(reply("e", 5000, 4001, REPLAY_MAX), 0, Some("e")), Some(RecoveryGap::TooFarBehind));
+    }
+
+    #[test]
+    fn a_page_that_stops_short_of_the_end_says_more_follow() {
+        let page = decide(reply("e", 10, 7, 2), 6, Some("e"), REPLAY_MAX).unwrap();
+        assert_eq!((page.gap, page.offset, page.more), (None, 8, true));
+        let page = decide(reply("e", 10, 9, 2), 8, Some("e"), REPLAY_MAX).unwrap();
+        assert_eq!((page.gap, page.offset, page.more), (None, 10, false));
     }
 }

@@ -295,9 +295,9 @@ impl RedisBroker {
     }
 
     /// The messages of `user` kept after `since`: see [`history::recover`].
-    pub async fn recover(&self, user: &str, since: u64, epoch: Option<&str>) -> Recovery {
+    pub async fn recover(&self, user: &str, since: u64, epoch: Option<&str>, budget: super::ReplayBudget) -> Recovery {
         match &self.history {
-            Some(cfg) => history::recover(&self.client, cfg, user, since, epoch).await,
+            Some(cfg) => history::recover(&self.client, cfg, user, since, epoch, budget).await,
             None => Recovery::failed(since, super::RecoveryGap::HistoryOff),
         }
     }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::reorder::{Ready, Reorder};
-use crate::hub::{Hub, Queued};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Frame};
 
@@ -180,7 +180,7 @@ mod tests {
     use fred::types::MessageKind;
 
     use super::*;
-    use crate::hub::{CloseReason, Outbox};
+    use crate::hub::{CloseReason, Outbox, Queued};
     use crate::rooms::{RoomLimits, Rooms};
 
     fn receiver(history: bool) -> (Receiver, Arc<Hub>, Metrics) {

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use super::{Answer, InFlight, Registration};
+use super::reader::{Answer, InFlight};
+use super::Registration;
 use crate::protocol::{self, ClientFrame, ErrorCode, FrameError};
 use crate::rooms::RoomError;
 
