@@ -101,6 +101,8 @@ pub enum ErrorCode {
     BadReceiver,
     /// The connection sends faster than its rate limit: frames are being dropped.
     RateLimited,
+    /// An `idem` key that is empty, too long or has control characters.
+    BadIdem,
     /// The node dropped messages from other nodes (its subscriber fell behind Redis); some may
     /// have been for this connection. Without history there is nothing to resume from.
     MessagesLost,
@@ -129,6 +131,7 @@ impl ErrorCode {
             ErrorCode::BadReceiver => "bad_receiver",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::MessagesLost => "messages_lost",
+            ErrorCode::BadIdem => "bad_idem",
         }
     }
 }
@@ -165,6 +168,8 @@ pub struct ClientFrame<'a> {
     pub receiver: Option<Cow<'a, str>>,
     /// `room`, for join, leave and room_message.
     pub room: Option<Cow<'a, str>>,
+    /// `idem`: the client's idempotency key for a chat_message (see [`check_idem_key`]).
+    pub idem: Option<Cow<'a, str>>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for ClientFrame<'a> {
@@ -187,6 +192,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for ClientFrame<'a> {
                         "id" => frame.id = Some(map.next_value()?),
                         "payload" => frame.payload = Some(map.next_value()?),
                         "room" => frame.room = map.next_value::<Option<CowStr<'de>>>()?.map(|v| v.0),
+                        "idem" => frame.idem = map.next_value::<Option<CowStr<'de>>>()?.map(|v| v.0),
                         k if k.eq_ignore_ascii_case("receiverid") => {
                             frame.receiver = map.next_value::<Option<CowStr<'de>>>()?.map(|v| v.0);
                         }
@@ -308,6 +314,18 @@ fn classify_parse_error(text: &str, e: &serde_json::Error) -> FrameError {
 /// Redis key parts (`user_servers:<id>`) refreshed every 30 s and printed by `wsctl routes`;
 /// real ids (UUIDs, emails, numeric ids) are far shorter.
 pub const MAX_USER_ID: usize = 256;
+
+/// Longest idempotency key (`idem` on a frame, `idempotency_key` on the API), bytes: room for a
+/// UUID or a client's counter with a prefix, and one bounded Redis key per message.
+pub const MAX_IDEM_KEY: usize = 64;
+
+/// Checks an idempotency key: 1 to [`MAX_IDEM_KEY`] bytes, no control characters.
+pub fn check_idem_key(key: &str) -> Result<(), FrameError> {
+    if key.is_empty() || key.len() > MAX_IDEM_KEY || key.chars().any(char::is_control) {
+        return Err(FrameError::new(ErrorCode::BadIdem, format!("\"idem\" must be 1-{MAX_IDEM_KEY} bytes without control characters")));
+    }
+    Ok(())
+}
 
 /// Why a user id is not acceptable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,14 +469,17 @@ pub fn encode_ack(id: &RawValue, online: Option<bool>) -> Frame {
     write_object(&[("type", Json::Str(TYPE_ACK)), ("id", Json::Raw(id.get())), ("online", online.map_or(Json::Absent, bool_json))])
 }
 
-/// `{"type":"ack","id":..,"online":bool,"stored":true}` for a chat message: `stored` when the
-/// message went into the receiver's history (so `online:false` does not mean lost).
-pub fn encode_chat_ack(id: &RawValue, online: bool, stored: bool) -> Frame {
+/// `{"type":"ack","id":..,"online":bool,"stored":true,"duplicate":true}` for a chat message:
+/// `stored` when the message went into the receiver's history (so `online:false` does not mean
+/// lost); `duplicate` when its idempotency key was seen within the window, so this copy was not
+/// delivered (`online` and `stored` are then the first copy's, as far as known).
+pub fn encode_chat_ack(id: &RawValue, online: bool, stored: bool, duplicate: bool) -> Frame {
     write_object(&[
         ("type", Json::Str(TYPE_ACK)),
         ("id", Json::Raw(id.get())),
         ("online", bool_json(online)),
         ("stored", if stored { bool_json(true) } else { Json::Absent }),
+        ("duplicate", if duplicate { bool_json(true) } else { Json::Absent }),
     ])
 }
 
@@ -606,7 +627,7 @@ mod tests {
         let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
         let (payload, id, obj_id) = (raw(r#"{"a":[1,"x\n"]}"#), raw("7"), raw(r#"{"n":"q"}"#));
         let ts = "2026-01-02T03:04:05.000000001Z";
-        let cases: [(Frame, &str); 14] = [
+        let cases: [(Frame, &str); 15] = [
             (
                 encode_envelope("chat_message", Some(&payload), "b\"ob", "al\u{1}é", ts),
                 r#"{"type":"chat_message","payload":{"a":[1,"x\n"]},"receiverID":"b\"ob","senderId":"al\u0001é","timestamp":"2026-01-02T03:04:05.000000001Z"}"#,
@@ -621,8 +642,9 @@ mod tests {
             (encode_room_ack(&obj_id, usize::MAX, u32::MAX), r#"{"type":"ack","id":{"n":"q"},"members":18446744073709551615,"nodes":4294967295}"#),
             (encode_ack(&id, None), r#"{"type":"ack","id":7}"#),
             (encode_ack(&obj_id, Some(true)), r#"{"type":"ack","id":{"n":"q"},"online":true}"#),
-            (encode_chat_ack(&id, false, false), r#"{"type":"ack","id":7,"online":false}"#),
-            (encode_chat_ack(&id, true, true), r#"{"type":"ack","id":7,"online":true,"stored":true}"#),
+            (encode_chat_ack(&id, false, false, false), r#"{"type":"ack","id":7,"online":false}"#),
+            (encode_chat_ack(&id, true, true, false), r#"{"type":"ack","id":7,"online":true,"stored":true}"#),
+            (encode_chat_ack(&id, true, false, true), r#"{"type":"ack","id":7,"online":true,"duplicate":true}"#),
             (encode_recovery(true, 0, "", 0, None), r#"{"type":"recovery","complete":true,"count":0,"epoch":"","offset":0}"#),
             (
                 encode_recovery(false, 12, "k\"3", u64::MAX, Some("too_far_behind")),
@@ -660,7 +682,7 @@ mod tests {
         let routed = parse_routed(env).unwrap();
         assert_eq!((routed.offset, routed.epoch), (None, None));
         let id = RawValue::from_string("1".into()).unwrap();
-        let ack: serde_json::Value = serde_json::from_str(&encode_chat_ack(&id, false, true)).unwrap();
+        let ack: serde_json::Value = serde_json::from_str(&encode_chat_ack(&id, false, true, false)).unwrap();
         assert_eq!(ack, serde_json::json!({"type":"ack","id":1,"online":false,"stored":true}));
         let r: serde_json::Value = serde_json::from_str(&encode_recovery(false, 2, "e", 9, Some("trimmed"))).unwrap();
         assert_eq!(r, serde_json::json!({"type":"recovery","complete":false,"count":2,"epoch":"e","offset":9,"reason":"trimmed"}));

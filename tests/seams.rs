@@ -281,3 +281,105 @@ async fn a_large_resume_is_replayed_in_pages_within_the_queue_bound() {
     assert!(calls(reads(&redis)) - calls(before) >= 11, "the replay was not paged: {:?}", reads(&redis));
     a.stop().await;
 }
+
+/// Sends `chat` with an `idem` key until it is acked (retrying `unavailable`, as a client
+/// should); returns the ack.
+async fn send_until_acked(c: &mut Client, to: &str, payload: Value, idem: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        c.send(json!({"type":"chat_message","receiverID":to,"payload":payload,"id":idem,"idem":idem})).await;
+        let answer = loop {
+            let f = c.recv().await;
+            if f["id"] == idem {
+                break f;
+            }
+        };
+        if answer["type"] == "ack" {
+            return answer;
+        }
+        assert_eq!(answer["code"], "unavailable", "{answer}");
+        assert!(std::time::Instant::now() < deadline, "never acked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn idempotent_sends(redis: wsctl::RedisConfig) {
+    let config = |id: &str| ServerConfig { redis: Some(redis.clone()), limits: test_limits(), api_key: Some(KEY.into()), ..ServerConfig::embedded(id) };
+    let (a, b) = (TestNode::start_config(config("seam-a")).await, TestNode::start_config(config("seam-b")).await);
+    let mut alice = a.connect("alice").await;
+    let (mut bob_a, mut bob_b) = (a.connect("bob").await, b.connect("bob").await);
+    let first = send_until_acked(&mut alice, "bob", json!(1), "k1").await;
+    assert_eq!((first["online"].as_bool(), first.get("duplicate")), (Some(true), None), "{first}");
+    let again = send_until_acked(&mut alice, "bob", json!(1), "k1").await;
+    assert_eq!((again["online"].as_bool(), again["duplicate"].as_bool()), (Some(true), Some(true)), "{again}");
+    let other = send_until_acked(&mut alice, "bob", json!(2), "k2").await;
+    assert_eq!(other.get("duplicate"), None);
+    for bob in [&mut bob_a, &mut bob_b] {
+        assert_eq!(bob.recv_chat().await["payload"], 1);
+        assert_eq!(bob.recv_chat().await["payload"], 2);
+    }
+    let (status, answer) = post(b.addr, "/api/publish", json!({"receiverID":"bob","type":"n","payload":3,"idempotency_key":"api-1"})).await;
+    assert_eq!((status, answer.get("duplicate")), (200, None), "{answer}");
+    let (_, answer) = post(b.addr, "/api/publish", json!({"receiverID":"bob","type":"n","payload":3,"idempotency_key":"api-1"})).await;
+    assert_eq!((answer["duplicate"].as_bool(), answer["online"].as_bool()), (Some(true), Some(true)), "{answer}");
+    for bob in [&mut bob_a, &mut bob_b] {
+        assert_eq!(bob.recv().await["payload"], 3);
+        bob.expect_silence(Duration::from_millis(300)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A send with an idempotency key is delivered once however often it is retried, to receivers
+/// on the sender's node and on others, from the socket and from the API.
+#[tokio::test]
+async fn an_idempotency_key_delivers_once_standalone() {
+    let redis = RedisServer::start();
+    idempotent_sends(redis.config()).await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_delivers_once_cluster() {
+    let cluster = RedisCluster::start();
+    idempotent_sends(cluster.config()).await;
+}
+
+/// The case behind the keys: a send answered `unavailable` because Redis held it past the batch
+/// deadline (`CLIENT PAUSE WRITE` holds the routing script) still runs when Redis resumes; its
+/// retry with the same key is answered `duplicate` and the receiver gets the message once.
+#[tokio::test]
+async fn a_retry_of_an_unavailable_send_is_not_delivered_twice() {
+    let redis = RedisServer::start();
+    let (a, b) = (node("seam-a", &redis, None).await, node("seam-b", &redis, None).await);
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    // One send first, so the routing script is loaded (a held EVALSHA of an unloaded script
+    // would fail NOSCRIPT when it ran, and its retry go through the text).
+    send_until_acked(&mut alice, "bob", json!("warm"), "warm").await;
+    assert_eq!(bob.recv_chat().await["payload"], "warm");
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "3000", "WRITE"]), "OK");
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":"once","id":"k","idem":"k"})).await;
+    let refused = alice.recv().await;
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("unavailable")), "{refused}");
+    assert_eq!(bob.recv_chat().await["payload"], "once", "the first copy ran once Redis resumed");
+    let ack = send_until_acked(&mut alice, "bob", json!("once"), "k").await;
+    assert_eq!(ack["duplicate"], true, "{ack}");
+    bob.expect_silence(Duration::from_millis(500)).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A single node (no Redis) keeps the keys itself.
+#[tokio::test]
+async fn a_single_node_deduplicates_by_key_too() {
+    let a = TestNode::start("solo", None).await;
+    let mut alice = a.connect("alice").await;
+    let mut bob = a.connect("bob").await;
+    assert_eq!(send_until_acked(&mut alice, "bob", json!(1), "k").await.get("duplicate"), None);
+    assert_eq!(send_until_acked(&mut alice, "bob", json!(1), "k").await["duplicate"], true);
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":1,"id":"bad","idem":""})).await;
+    assert_eq!(alice.recv().await["code"], "bad_idem");
+    assert_eq!(bob.recv_chat().await["payload"], 1);
+    bob.expect_silence(Duration::from_millis(300)).await;
+    a.stop().await;
+}

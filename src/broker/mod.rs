@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::protocol::Frame;
 
-pub use memory::MemoryBroker;
+pub use memory::{MemoryBroker, MAX_LOCAL_IDEM};
 pub use redis::{
     room_channel, room_members_key, BrokerError, LookupError, NodeInfo, RedisBroker, LOOKUP_TIMEOUT, PUBLISH_QUEUE,
     REPLAY_DEADLINE, REPLAY_MAX, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_PUBLISH_QUEUE, ROUTE_QUEUE,
@@ -39,6 +39,21 @@ pub struct Publish {
     pub receiver: Arc<str>,
     /// The encoded envelope, published as is.
     pub envelope: Frame,
+    /// The sender's idempotency key, as its Redis key ([`idem_key`]): delivered at most once
+    /// within the node's `--idem-window`.
+    pub idem: Option<String>,
+}
+
+/// Default `--idem-window`: a retry of a send answered `unavailable` comes within seconds; two
+/// minutes covers a client that reconnected to another node first.
+pub const DEFAULT_IDEM_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+/// Prefix of the idempotency records: `idem:<sender length>:<sender>:<key>` (the length keeps
+/// `a:b`+`c` and `a`+`b:c` apart), a STRING `<nodes>:<offset>` of the first copy's outcome.
+pub const IDEM_PREFIX: &str = "idem:";
+
+/// The Redis key of `sender`'s idempotency key `key`.
+pub fn idem_key(sender: &str, key: &str) -> String {
+    format!("{IDEM_PREFIX}{}:{sender}:{key}", sender.len())
 }
 
 /// Where a message went.
@@ -51,6 +66,9 @@ pub struct Routed {
     pub nodes: u32,
     /// The offset the message got in the receiver's history, when it was stored there.
     pub offset: Option<u64>,
+    /// Its idempotency key was seen within the window: this copy went nowhere; `nodes` and
+    /// `offset` are the first copy's.
+    pub duplicate: bool,
 }
 
 /// Per-user history settings (`--history`, `--history-size`, `--history-ttl`).
@@ -270,6 +288,22 @@ impl Broker {
     /// false, the caller delivers locally through the hub first.
     pub fn delivers_locally(&self) -> bool {
         matches!(self, Broker::Redis(b) if b.history().is_some())
+    }
+
+    /// Whether the publish of `msg` reaches this node's receivers too: with history on, and for
+    /// a message with an idempotency key (whose local copy must wait for the fleet-wide
+    /// verdict, or a retry after `unavailable` could be delivered here twice).
+    pub fn delivers_locally_for(&self, msg: &Publish) -> bool {
+        self.delivers_locally() || (msg.idem.is_some() && matches!(self, Broker::Redis(_)))
+    }
+
+    /// Single node: records `msg`'s idempotency key; true if it was seen within the window
+    /// (then nothing is delivered). Always false with Redis, which decides in the publish.
+    pub fn seen_locally(&self, msg: &Publish) -> bool {
+        match (self, &msg.idem) {
+            (Broker::Memory(m), Some(key)) => m.seen(key),
+            _ => false,
+        }
     }
 
     /// One page of a resume: the messages of `user` kept after `since` (in `epoch`), bounded in

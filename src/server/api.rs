@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use super::Node;
-use crate::broker::{Publish, PublishError, Ticket};
+use crate::broker::{idem_key, Publish, PublishError, Routed, Ticket};
 use crate::protocol::{self, Frame};
 use crate::rooms;
 
@@ -87,6 +87,8 @@ struct PublishReq {
     payload: Option<Box<RawValue>>,
     #[serde(rename = "senderId")]
     sender: Option<String>,
+    /// Delivered at most once per sender and key within `--idem-window`.
+    idempotency_key: Option<String>,
 }
 
 /// A request that cannot be published: the HTTP status and the answer.
@@ -170,15 +172,28 @@ fn start(node: &Node, req: PublishReq) -> Result<Pending, Refused> {
     }
     let ts = protocol::timestamp_now();
     let payload = req.payload.as_deref();
+    let idem = match req.idempotency_key.as_deref().map(|k| protocol::check_idem_key(k).map(|()| idem_key(sender, k))) {
+        Some(Err(e)) => return Err(Refused::bad("bad_idempotency_key", e.message)),
+        checked => checked.and_then(Result::ok),
+    };
     let pending = match (req.receiver.as_deref(), req.room.as_deref()) {
         (Some(user), None) if !user.is_empty() => {
             let envelope = protocol::encode_envelope(&req.kind, payload, user, sender, &ts);
             check_size(node, &envelope)?;
-            // As a session does: with history on, the broker serves local receivers too (through
-            // Redis, with the offset), and `nodes` counts this node then; never both.
-            let local = if node.broker.delivers_locally() { 0 } else { node.hub.deliver(user, &envelope, None, None) };
-            let ticket = node.broker.publish(Publish { receiver: Arc::from(user), envelope });
-            Pending { target: json!({"receiverID": user}), local, ticket, room: false }
+            let msg = Publish { receiver: Arc::from(user), envelope, idem };
+            let target = json!({"receiverID": user});
+            if node.broker.seen_locally(&msg) {
+                let ticket = Ticket::ready(Ok(Routed { duplicate: true, ..Routed::default() }));
+                return Ok(Pending { target, local: 0, ticket, room: false });
+            }
+            // As a session does: with history on (or a key), the broker serves local receivers
+            // too (through Redis), and `nodes` counts this node then; never both.
+            let local = if node.broker.delivers_locally_for(&msg) { 0 } else { node.hub.deliver(user, &msg.envelope, None, None) };
+            let ticket = node.broker.publish(msg);
+            Pending { target, local, ticket, room: false }
+        }
+        (None, Some(_)) if idem.is_some() => {
+            return Err(Refused::bad("bad_idempotency_key", "idempotency keys are for direct messages (receiverID); rooms do not take one yet"));
         }
         (None, Some(room)) => {
             if !rooms::valid_name(room) {
@@ -216,6 +231,9 @@ async fn finish(node: &Node, p: Pending) -> (StatusCode, Value) {
     match result {
         Ok(routed) => {
             obj.insert("nodes".into(), json!(routed.nodes));
+            if routed.duplicate {
+                obj.insert("duplicate".into(), json!(true));
+            }
             if !room {
                 let online = local > 0 || routed.nodes > 0;
                 if !online {

@@ -86,6 +86,9 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// Rooms per connection and connections per room ([`crate::rooms`]).
     pub rooms: crate::rooms::RoomLimits,
+    /// How long a sender's idempotency key (`idem`, `idempotency_key`) is remembered
+    /// (`--idem-window`): a retry with the same key within it is never delivered twice.
+    pub idem_window: Duration,
 }
 
 impl Default for Limits {
@@ -100,6 +103,7 @@ impl Default for Limits {
             idle_timeout: IDLE_TIMEOUT,
             drain_timeout: DRAIN_TIMEOUT,
             rooms: crate::rooms::RoomLimits::default(),
+            idem_window: crate::broker::DEFAULT_IDEM_WINDOW,
         }
     }
 }
@@ -152,6 +156,7 @@ impl Limits {
             ("write buffer", self.write_buffer == 0),
             ("ping interval", self.ping_interval.is_zero()),
             ("drain timeout", self.drain_timeout.is_zero()),
+            ("idem window", self.idem_window.is_zero()),
         ] {
             if zero {
                 return Err(LimitsError::Zero { what });
@@ -267,7 +272,7 @@ pub async fn serve_with_metrics(
     let rooms = Arc::new(crate::rooms::Rooms::new(config.limits.rooms, metrics.clone()));
     let server_id: Arc<str> = Arc::from(id.as_str());
     let broker = match &config.redis {
-        None => Broker::Memory(MemoryBroker),
+        None => Broker::Memory(MemoryBroker::new(config.limits.idem_window)),
         Some(redis) => {
             let info = crate::broker::NodeInfo {
                 server_id: server_id.clone(),
@@ -278,6 +283,7 @@ pub async fn serve_with_metrics(
                 max_envelope: config.limits.max_outgoing_frame(),
                 rooms: rooms.clone(),
                 history: config.history.clone(),
+                idem_window: config.limits.idem_window,
             };
             Broker::Redis(RedisBroker::start(redis.clone(), info).await?)
         }

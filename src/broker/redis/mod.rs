@@ -97,6 +97,8 @@ pub struct NodeInfo {
     pub rooms: Arc<crate::rooms::Rooms>,
     /// Keep every message to a user in its history (`--history`).
     pub history: Option<HistoryConfig>,
+    /// How long idempotency keys are remembered in Redis.
+    pub idem_window: Duration,
 }
 
 /// Whether Redis is known to be unreachable, shared by the broker's tasks; and whether a task the

@@ -69,6 +69,8 @@ pub(crate) struct Publisher {
     append: Option<Script>,
     metrics: Metrics,
     health: Arc<Health>,
+    /// `--idem-window` in ms, as PX takes it.
+    idem_ms: String,
 }
 
 impl Publisher {
@@ -83,6 +85,7 @@ impl Publisher {
             append: (cluster && node.history.is_some()).then(history::append_script),
             metrics: node.metrics.clone(),
             health,
+            idem_ms: node.idem_window.as_millis().max(1).to_string(),
         }
     }
 
@@ -106,7 +109,7 @@ impl Publisher {
             match tokio::time::timeout(BATCH_DEADLINE, self.route(&batch)).await {
                 Ok(Ok(routed)) => {
                     for (req, r) in batch.drain(..).zip(routed) {
-                        let _ = req.reply.send(Ok(r));
+                        let _ = req.reply.send(r);
                     }
                 }
                 failed => {
@@ -122,9 +125,9 @@ impl Publisher {
     }
 
     /// Returns, per message, where it went.
-    async fn route(&self, batch: &[PublishReq]) -> Result<Vec<Routed>, fred::error::Error> {
+    async fn route(&self, batch: &[PublishReq]) -> Result<Vec<PublishResult>, fred::error::Error> {
         match &self.script {
-            Some(script) => self.route_by_script(script, batch).await,
+            Some(script) => Ok(self.route_by_script(script, batch).await?.into_iter().map(Ok).collect()),
             None => self.route_pipelined(batch).await,
         }
     }
@@ -132,37 +135,69 @@ impl Publisher {
     /// Standalone: one EVALSHA (reloaded on NOSCRIPT, e.g. after a Redis restart).
     async fn route_by_script(&self, script: &Script, batch: &[PublishReq]) -> Result<Vec<Routed>, fred::error::Error> {
         let out: Vec<i64> = evalsha(&self.client, script, || self.script_call(batch)).await?;
-        Ok(out.chunks(2).map(|c| Routed { nodes: c[0].max(0) as u32, offset: c.get(1).filter(|o| **o > 0).map(|o| *o as u64) }).collect())
+        let routed = |c: &[i64]| Routed {
+            nodes: c[0].max(0) as u32,
+            offset: c.get(1).filter(|o| **o > 0).map(|o| *o as u64),
+            duplicate: c.get(2).is_some_and(|d| *d == 1),
+        };
+        Ok(out.chunks(3).map(routed).collect())
     }
 
     /// The keys and arguments of [`route_script`] for `batch`.
     fn script_call(&self, batch: &[PublishReq]) -> (Vec<String>, Vec<Value>) {
         let keys: Vec<String> = batch.iter().map(|r| routes::user_servers_key(&r.msg.receiver)).collect();
-        let mut args: Vec<Value> = Vec::with_capacity(2 * batch.len() + 5);
+        let mut args: Vec<Value> = Vec::with_capacity(3 * batch.len() + 6);
         args.push(Value::from(self.server_id.as_ref()));
         args.push(Value::from(if self.require_lease { "1" } else { "0" }));
         match &self.history {
-            Some(cfg) => {
-                args.extend([Value::from(cfg.size as i64), Value::from(history::ttl_ms(cfg)), Value::from(history::new_epoch())]);
-                for r in batch {
-                    args.push(open_envelope(&r.msg));
-                    args.push(Value::from(r.except.map(except_prefix).unwrap_or_default()));
-                }
-            }
-            None => {
-                args.extend([Value::from(0), Value::from("0"), Value::from("")]);
-                for r in batch {
-                    args.push(envelope_value(&r.msg));
-                    args.push(Value::from(""));
-                }
-            }
+            Some(cfg) => args.extend([Value::from(cfg.size as i64), Value::from(history::ttl_ms(cfg)), Value::from(history::new_epoch())]),
+            None => args.extend([Value::from(0), Value::from("0"), Value::from("")]),
+        }
+        args.push(Value::from(self.idem_ms.as_str()));
+        for r in batch {
+            args.push(if self.history.is_some() { open_envelope(&r.msg) } else { envelope_value(&r.msg) });
+            args.push(Value::from(r.except.map(except_prefix).unwrap_or_default()));
+            args.push(Value::from(r.msg.idem.as_deref().unwrap_or_default()));
         }
         (keys, args)
     }
 
     /// Cluster: three pipelined round trips (route sets; presence and leases; publishes and
-    /// removal of dead entries), after a fourth for the history appends when history is on.
-    async fn route_pipelined(&self, batch: &[PublishReq]) -> Result<Vec<Routed>, fred::error::Error> {
+    /// removal of dead entries), after one for the history appends when history is on, and one
+    /// before for the idempotency records when a message has a key.
+    async fn route_pipelined(&self, batch: &[PublishReq]) -> Result<Vec<PublishResult>, fred::error::Error> {
+        let seen = self.claim_idem(batch).await?;
+        let fresh: Vec<&PublishReq> = batch.iter().zip(&seen).filter(|(_, d)| d.is_none()).map(|(r, _)| r).collect();
+        let mut routed = self.route_fresh(&fresh).await?.into_iter().map(Ok);
+        Ok(seen.into_iter().map(|dup| dup.unwrap_or_else(|| routed.next().unwrap_or(Ok(Routed::default())))).collect())
+    }
+
+    /// Cluster: claims each message's idempotency record (`SET NX GET`, one pipelined round
+    /// trip, none when no message has a key). Returns, per message, the first copy's outcome
+    /// when it is a retry: its record, or `unavailable` while the record is only claimed (the
+    /// first copy's batch has not finished, or failed between claim and publish; on a Cluster
+    /// the two are on different shards, so a retry is never delivered twice, and one whose
+    /// first copy never went out is refused until the window ends).
+    async fn claim_idem(&self, batch: &[PublishReq]) -> Result<Vec<Option<PublishResult>>, fred::error::Error> {
+        let mut out = vec![None; batch.len()];
+        if batch.iter().all(|r| r.msg.idem.is_none()) {
+            return Ok(out);
+        }
+        let ttl = Some(Expiration::PX(self.idem_ms.parse().unwrap_or(1)));
+        let p = self.client.pipeline();
+        for key in batch.iter().filter_map(|r| r.msg.idem.as_deref()) {
+            let _: () = p.set(key, "", ttl.clone(), Some(SetOptions::NX), true).await?;
+        }
+        let prior = p.try_all::<Option<String>>().await.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let with_key = (0..batch.len()).filter(|i| batch[*i].msg.idem.is_some());
+        for (i, prior) in with_key.zip(prior) {
+            out[i] = prior.map(|v| if v.is_empty() { Err(PublishError::Unavailable) } else { Ok(idem_outcome(&v)) });
+        }
+        Ok(out)
+    }
+
+    /// Routes messages that are not retries (see [`Publisher::route_pipelined`]).
+    async fn route_fresh(&self, batch: &[&PublishReq]) -> Result<Vec<Routed>, fred::error::Error> {
         let names = distinct_receivers(batch);
         // The appends complete before the route sets are read: a connection whose resume read
         // missed a message (appended after the read) was registered before that read, so the
@@ -177,7 +212,7 @@ impl Publisher {
         }
         // try_all: one result per command (all() flattens a one-command pipeline's reply).
         let sets = p.try_all::<Vec<String>>().await.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let with_self = self.history.is_some();
+        let with_self = self.history.is_some() || batch.iter().any(|r| r.msg.idem.is_some());
         let candidates: Vec<(&str, String)> = names
             .iter()
             .zip(sets)
@@ -192,12 +227,19 @@ impl Publisher {
         }
         let mut out = Vec::with_capacity(batch.len());
         for (i, r) in batch.iter().enumerate() {
-            let servers = live.get(r.msg.receiver.as_ref()).map_or(&[][..], Vec::as_slice);
-            out.push(Routed { nodes: servers.len() as u32, offset: offsets[i] });
+            let all = live.get(r.msg.receiver.as_ref()).map_or(&[][..], Vec::as_slice);
+            // This node only for messages it does not deliver itself (history on, or a key).
+            let here = self.history.is_some() || r.msg.idem.is_some();
+            let servers: Vec<&str> = all.iter().copied().filter(|s| here || **s != *self.server_id).collect();
+            out.push(Routed { nodes: servers.len() as u32, offset: offsets[i], duplicate: false });
+            if let Some(key) = &r.msg.idem {
+                let record = format!("{}:{}", servers.len(), offsets[i].unwrap_or(0));
+                let _: () = p.set(key.as_str(), record, Some(Expiration::PX(self.idem_ms.parse().unwrap_or(1))), None, false).await?;
+            }
             for s in servers {
                 let envelope = finals[i].clone().unwrap_or_else(|| envelope_value(&r.msg));
                 let envelope = match r.except {
-                    Some(conn) if **s == *self.server_id => prefixed(conn, envelope),
+                    Some(conn) if *s == *self.server_id => prefixed(conn, envelope),
                     _ => envelope,
                 };
                 let channel = routes::server_channel(s);
@@ -209,7 +251,7 @@ impl Publisher {
             }
         }
         // The replies (subscriber counts) are not read: on a Cluster they only count the shard hit.
-        if !dead.is_empty() || out.iter().any(|r| r.nodes > 0) {
+        if !dead.is_empty() || out.iter().any(|r| r.nodes > 0) || batch.iter().any(|r| r.msg.idem.is_some()) {
             let _: Value = p.all().await?;
         }
         Ok(out)
@@ -217,7 +259,7 @@ impl Publisher {
 
     /// With history on, queues one append per receiver (its messages in batch order) on `p`.
     /// Returns, per append queued, the indices in `batch` of its messages.
-    async fn queue_appends(&self, p: &fred::clients::Pipeline<Client>, batch: &[PublishReq], names: &[&str]) -> Result<Vec<Vec<usize>>, fred::error::Error> {
+    async fn queue_appends(&self, p: &fred::clients::Pipeline<Client>, batch: &[&PublishReq], names: &[&str]) -> Result<Vec<Vec<usize>>, fred::error::Error> {
         let (Some(cfg), Some(script)) = (&self.history, &self.append) else { return Ok(Vec::new()) };
         let mut groups = Vec::with_capacity(names.len());
         for u in names {
@@ -240,7 +282,7 @@ impl Publisher {
     /// with the script's text.
     async fn appended(
         &self,
-        batch: &[PublishReq],
+        batch: &[&PublishReq],
         groups: &[Vec<usize>],
         replies: Vec<Result<Value, fred::error::Error>>,
     ) -> Result<(Vec<Option<Value>>, Vec<Option<u64>>), fred::error::Error> {
@@ -330,7 +372,15 @@ fn prefixed(conn: uuid::Uuid, envelope: Value) -> Value {
     Value::Bytes(out.into())
 }
 
-fn distinct_receivers(batch: &[PublishReq]) -> Vec<&str> {
+/// The first copy's outcome from its idempotency record (`<nodes>:<offset>`; "" while it is
+/// still being routed).
+fn idem_outcome(record: &str) -> Routed {
+    let (nodes, offset) = record.split_once(':').unwrap_or(("0", "0"));
+    let offset = offset.parse().ok().filter(|o| *o > 0);
+    Routed { nodes: nodes.parse().unwrap_or(0), offset, duplicate: true }
+}
+
+fn distinct_receivers<'a>(batch: &[&'a PublishReq]) -> Vec<&'a str> {
     let mut names: Vec<&str> = batch.iter().map(|r| r.msg.receiver.as_ref()).collect();
     names.sort_unstable();
     names.dedup();
@@ -345,9 +395,16 @@ fn answer(reqs: impl Iterator<Item = PublishReq>, result: PublishResult) {
 
 /// The standalone routing script. KEYS[i] is the route set of message i's receiver; ARGV[1] this
 /// node's id, ARGV[2] "1" if a route needs its node's lease, ARGV[3] the history size (0: history
-/// off), ARGV[4] the history TTL in ms, ARGV[5] a new epoch; then two per message i:
-/// ARGV[4 + 2i] its envelope (without the closing brace when history is on) and ARGV[5 + 2i] a
-/// prefix for the copy published to this node ("" or [`EXCEPT_MARK`] + the sending connection).
+/// off), ARGV[4] the history TTL in ms, ARGV[5] a new epoch, ARGV[6] the idempotency window in
+/// ms; then three per message i: ARGV[4 + 3i] its envelope (without the closing brace when
+/// history is on), ARGV[5 + 3i] a prefix for the copy published to this node ("" or
+/// [`EXCEPT_MARK`] + the sending connection), ARGV[6 + 3i] its idempotency record's key ("":
+/// none).
+///
+/// A message whose idempotency record exists is a retry: it is neither stored nor published,
+/// and its answer is the record's (the first copy's nodes and offset, and "duplicate"). A
+/// message with a key is published to this node too (its local copy waits for this verdict);
+/// its record, written after, expires after the window.
 ///
 /// For each distinct receiver it reads the set and keeps the entries whose `user_online` key
 /// exists and whose node holds a lease (SREM for the others, as the spec says). With history on,
@@ -355,14 +412,14 @@ fn answer(reqs: impl Iterator<Item = PublishReq>, result: PublishResult) {
 /// published to every live node including this one; without, to every live node but this one
 /// (the hub delivered locally). All in one atomic step, so offsets are published in order.
 /// Returns, per message, the number of nodes whose subscriber got it (PUBLISH's answer; a live
-/// route whose node is not subscribed, as in the moments after a Redis restart, does not count)
-/// and its offset (0: not stored). Keys
+/// route whose node is not subscribed, as in the moments after a Redis restart, does not count),
+/// its offset (0: not stored) and 1 if it was a duplicate. Keys
 /// other than KEYS are touched, which standalone Redis allows (the Cluster path never uses this).
 fn route_script() -> String {
     format!(
         r#"local me = ARGV[1]
 local need_lease = ARGV[2] == '1'
-local hist_size, ttl_ms, new_epoch = tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local hist_size, ttl_ms, new_epoch, idem_ms = tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 local live_of = {{}}
 local leased = {{}}
 local out = {{}}
@@ -372,7 +429,7 @@ for i, key in ipairs(KEYS) do
   if live == nil then
     live = {{}}
     for _, s in ipairs(redis.call('SMEMBERS', key)) do
-      if s ~= me or hist_size > 0 then
+      do
         local ok = redis.call('EXISTS', '{online}' .. user .. ':' .. s) == 1
         if ok and need_lease then
           if leased[s] == nil then
@@ -389,26 +446,40 @@ for i, key in ipairs(KEYS) do
     end
     live_of[key] = live
   end
-  local env, off = ARGV[4 + 2 * i], 0
-  if hist_size > 0 then
-    local hk = '{hist}{{' .. user .. '}}'
-    local mk = '{meta}{{' .. user .. '}}'
-    {append}
-  end
-  local took = 0
-  for _, s in ipairs(live) do
-    local msg = env
-    if s == me then
-      msg = ARGV[5 + 2 * i] .. env
+  local env, off, ik = ARGV[4 + 3 * i], 0, ARGV[6 + 3 * i]
+  local seen = ik ~= '' and redis.call('GET', ik)
+  if seen then
+    local n, o = string.match(seen, '^(%d+):(%d+)$')
+    out[3 * i - 2] = tonumber(n or '0')
+    out[3 * i - 1] = tonumber(o or '0')
+    out[3 * i] = 1
+  else
+    if hist_size > 0 then
+      local hk = '{hist}{{' .. user .. '}}'
+      local mk = '{meta}{{' .. user .. '}}'
+      {append}
     end
-    -- PUBLISH answers how many subscribers got it: a node with a live route whose subscriber
-    -- is not (yet) subscribed, as after a Redis restart, got nothing.
-    if redis.call('PUBLISH', '{channel}' .. s, msg) > 0 then
-      took = took + 1
+    local took = 0
+    for _, s in ipairs(live) do
+      if s ~= me or hist_size > 0 or ik ~= '' then
+        local msg = env
+        if s == me then
+          msg = ARGV[5 + 3 * i] .. env
+        end
+        -- PUBLISH answers how many subscribers got it: a node with a live route whose
+        -- subscriber is not (yet) subscribed, as after a Redis restart, got nothing.
+        if redis.call('PUBLISH', '{channel}' .. s, msg) > 0 then
+          took = took + 1
+        end
+      end
     end
+    if ik ~= '' then
+      redis.call('SET', ik, took .. ':' .. off, 'PX', idem_ms)
+    end
+    out[3 * i - 2] = took
+    out[3 * i - 1] = off
+    out[3 * i] = 0
   end
-  out[2 * i - 1] = took
-  out[2 * i] = off
 end
 return out"#,
         skip = routes::USER_SERVERS_PREFIX.len() + 1,

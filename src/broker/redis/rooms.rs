@@ -347,7 +347,7 @@ impl RoomPublisher {
                     for (req, n) in batch.drain(..).zip(counts) {
                         // The count includes this node's own subscription: other nodes only.
                         let me = u32::from(st.subscribed.contains(&req.room));
-                        let _ = req.reply.send(Ok(Routed { nodes: (n.max(0) as u32).saturating_sub(me), offset: None }));
+                        let _ = req.reply.send(Ok(Routed { nodes: (n.max(0) as u32).saturating_sub(me), ..Routed::default() }));
                     }
                 }
                 failed => {

@@ -13,9 +13,9 @@ use serde_json::value::RawValue;
 use tracing::debug;
 
 use super::{rooms, Activity, Registration, SETTLE_TIMEOUT};
-use crate::broker::{Publish, PublishError, PublishResult, Ticket};
+use crate::broker::{idem_key, Publish, PublishError, PublishResult, Routed, Ticket};
 use crate::hub::{CloseReason, Frame, SessionCtl};
-use crate::protocol::{self, close, ErrorCode, FrameError};
+use crate::protocol::{self, close, ClientFrame, ErrorCode, FrameError};
 use crate::server::ratelimit::Verdict;
 use crate::server::PUBLISH_INFLIGHT;
 
@@ -129,7 +129,7 @@ fn answer(reg: &Registration, (id, local, kind, result): (Option<Box<RawValue>>,
                 metrics.undeliverable.inc();
             }
             if let Some(id) = &id {
-                reg.outbox.offer(protocol::encode_chat_ack(id, online, routed.offset.is_some()), metrics);
+                reg.outbox.offer(protocol::encode_chat_ack(id, online, routed.offset.is_some(), routed.duplicate), metrics);
             }
             return;
         }
@@ -187,23 +187,7 @@ fn handle_frame(reg: &Registration, bytes: &[u8]) -> Option<InFlight> {
     };
     let id = frame.id;
     match frame.kind.as_ref() {
-        protocol::TYPE_CHAT => {
-            let Some(receiver) = frame.receiver.filter(|r| !r.is_empty()) else {
-                return fail(id, FrameError::new(ErrorCode::MissingReceiver, "chat_message needs a non-empty \"receiverID\""));
-            };
-            if protocol::check_user_id(&receiver).is_err() {
-                return fail(id, FrameError::new(ErrorCode::BadReceiver, "receiverID must be at most 256 bytes, without control characters"));
-            }
-            node.metrics.messages.inc();
-            let ts = protocol::timestamp_now();
-            let envelope = protocol::encode_envelope(protocol::TYPE_CHAT, frame.payload, &receiver, &reg.user, &ts);
-            // Local receivers first, straight from the hub, unless the broker serves them (history
-            // on: through Redis, in offset order); never echoed to this connection.
-            let local = if node.broker.delivers_locally() { 0 } else { node.hub.deliver(&receiver, &envelope, None, Some(reg.conn)) };
-            let except = (*receiver == *reg.user).then_some(reg.conn);
-            let ticket = node.broker.publish_except(Publish { receiver: Arc::from(receiver.as_ref()), envelope }, except);
-            Some(InFlight { id: id.map(ToOwned::to_owned), local, ticket, answer: Answer::Chat })
-        }
+        protocol::TYPE_CHAT => chat(reg, frame),
         protocol::TYPE_LATENCY => match protocol::parse_latency_ms(frame.payload) {
             Ok(ms) => {
                 node.metrics.client_latency_ms.observe(ms);
@@ -226,3 +210,37 @@ fn handle_frame(reg: &Registration, bytes: &[u8]) -> Option<InFlight> {
     }
 }
 
+/// A chat message: checked, enveloped, delivered to local receivers (unless the broker serves
+/// them: history on, or an idempotency key whose verdict the local copy waits for), handed to
+/// the broker. Never echoed to this connection.
+fn chat(reg: &Registration, frame: ClientFrame<'_>) -> Option<InFlight> {
+    let node = &reg.node;
+    let id = frame.id;
+    let fail = |err: FrameError| {
+        reg.reject(id, &err);
+        None
+    };
+    let Some(receiver) = frame.receiver.filter(|r| !r.is_empty()) else {
+        return fail(FrameError::new(ErrorCode::MissingReceiver, "chat_message needs a non-empty \"receiverID\""));
+    };
+    if protocol::check_user_id(&receiver).is_err() {
+        return fail(FrameError::new(ErrorCode::BadReceiver, "receiverID must be at most 256 bytes, without control characters"));
+    }
+    let idem = match frame.idem.as_deref().map(|k| protocol::check_idem_key(k).map(|()| idem_key(&reg.user, k))) {
+        Some(Err(e)) => return fail(e),
+        checked => checked.and_then(Result::ok),
+    };
+    node.metrics.messages.inc();
+    let ts = protocol::timestamp_now();
+    let envelope = protocol::encode_envelope(protocol::TYPE_CHAT, frame.payload, &receiver, &reg.user, &ts);
+    let msg = Publish { receiver: Arc::from(receiver.as_ref()), envelope, idem };
+    let id = id.map(ToOwned::to_owned);
+    if node.broker.seen_locally(&msg) {
+        let ticket = Ticket::ready(Ok(Routed { duplicate: true, ..Routed::default() }));
+        return Some(InFlight { id, local: 0, ticket, answer: Answer::Chat });
+    }
+    let local = if node.broker.delivers_locally_for(&msg) { 0 } else { node.hub.deliver(&msg.receiver, &msg.envelope, None, Some(reg.conn)) };
+    let except = (*msg.receiver == *reg.user).then_some(reg.conn);
+    let ticket = node.broker.publish_except(msg, except);
+    Some(InFlight { id, local, ticket, answer: Answer::Chat })
+}
