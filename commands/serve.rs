@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// A user's history expires this long after its last message.
     #[arg(long, env = "WSS_HISTORY_TTL", default_value = "5m", value_parser = parse_duration, help_heading = "History")]
     pub history_ttl: Duration,
+    /// How long a sender's idempotency key (`"idem"` on chat_message, `"idempotency_key"` on the
+    /// API) is remembered: a retry with the same key within it is answered `duplicate` and never
+    /// delivered twice.
+    #[arg(long, env = "WSS_IDEM_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub idem_window: Duration,
     /// Largest frame a client may send, bytes (larger: error `too_large`, close 1009).
     #[arg(long, env = "WSS_MAX_FRAME", default_value_t = server::MAX_FRAME)]
     pub max_frame: usize,
@@ -117,6 +122,7 @@ impl ServeArgs {
             ping_interval: self.ping_interval,
             idle_timeout: self.idle_timeout,
             drain_timeout: self.drain_timeout,
+            idem_window: self.idem_window,
             ..Limits::default()
         };
         limits.validate().map_err(|e| anyhow::anyhow!("{}", flag_names(&e.to_string())))?;
@@ -143,6 +149,7 @@ fn flag_names(msg: &str) -> String {
         ("idle timeout", "--idle-timeout"),
         ("ping interval", "--ping-interval"),
         ("drain timeout", "--drain-timeout"),
+        ("idem window", "--idem-window"),
     ]
     .iter()
     .fold(msg.to_string(), |m, (words, flag)| m.replacen(words, flag, 1))

@@ -453,13 +453,15 @@ pub fn encode_room_envelope(kind: &str, room: &str, payload: Option<&RawValue>, 
 }
 
 /// `{"type":"ack","id":..,"members":M,"nodes":N}` for a room message: `members` connections
-/// reached on this node, `nodes` other nodes subscribed to the room (docs/rooms.md).
-pub fn encode_room_ack(id: &RawValue, members: usize, nodes: u32) -> Frame {
+/// reached on this node, `nodes` other nodes subscribed to the room (docs/rooms.md); plus
+/// `"duplicate":true` for a retry of an idempotency key, which went nowhere.
+pub fn encode_room_ack(id: &RawValue, members: usize, nodes: u32, duplicate: bool) -> Frame {
     write_object(&[
         ("type", Json::Str(TYPE_ACK)),
         ("id", Json::Raw(id.get())),
         ("members", Json::Uint(members as u64)),
         ("nodes", Json::Uint(u64::from(nodes))),
+        ("duplicate", if duplicate { bool_json(true) } else { Json::Absent }),
     ])
 }
 
@@ -638,8 +640,8 @@ mod tests {
                 r#"{"type":"room_message","room":"lo\\bby","payload":{"a":[1,"x\n"]},"senderId":"al","timestamp":"2026-01-02T03:04:05.000000001Z"}"#,
             ),
             (encode_room_envelope("room_message", "r", None, "a", "t"), r#"{"type":"room_message","room":"r","payload":null,"senderId":"a","timestamp":"t"}"#),
-            (encode_room_ack(&id, 3, 0), r#"{"type":"ack","id":7,"members":3,"nodes":0}"#),
-            (encode_room_ack(&obj_id, usize::MAX, u32::MAX), r#"{"type":"ack","id":{"n":"q"},"members":18446744073709551615,"nodes":4294967295}"#),
+            (encode_room_ack(&id, 3, 0, false), r#"{"type":"ack","id":7,"members":3,"nodes":0}"#),
+            (encode_room_ack(&obj_id, usize::MAX, u32::MAX, false), r#"{"type":"ack","id":{"n":"q"},"members":18446744073709551615,"nodes":4294967295}"#),
             (encode_ack(&id, None), r#"{"type":"ack","id":7}"#),
             (encode_ack(&obj_id, Some(true)), r#"{"type":"ack","id":{"n":"q"},"online":true}"#),
             (encode_chat_ack(&id, false, false, false), r#"{"type":"ack","id":7,"online":false}"#),

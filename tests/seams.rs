@@ -383,3 +383,46 @@ async fn a_single_node_deduplicates_by_key_too() {
     bob.expect_silence(Duration::from_millis(300)).await;
     a.stop().await;
 }
+
+async fn idempotent_room_sends(redis: wsctl::RedisConfig) {
+    let config = |id: &str| ServerConfig { redis: Some(redis.clone()), limits: test_limits(), api_key: Some(KEY.into()), ..ServerConfig::embedded(id) };
+    let (a, b) = (TestNode::start_config(config("seam-a")).await, TestNode::start_config(config("seam-b")).await);
+    let mut alice = a.connect("alice").await;
+    let (mut here, mut there) = (a.connect("carol").await, b.connect("dave").await);
+    for c in [&mut alice, &mut here, &mut there] {
+        c.send(json!({"type":"join","room":"lobby","id":"j"})).await;
+        assert_eq!(c.recv_ack().await["id"], "j");
+    }
+    for attempt in 0..2 {
+        alice.send(json!({"type":"room_message","room":"lobby","payload":"hi","id":attempt,"idem":"r1"})).await;
+        let ack = alice.recv_ack().await;
+        assert_eq!(ack.get("duplicate").is_some(), attempt == 1, "{ack}");
+    }
+    for _ in 0..2 {
+        let (status, answer) = post(a.addr, "/api/publish", json!({"room":"lobby","type":"n","payload":"api","idempotency_key":"r1"})).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    for c in [&mut here, &mut there] {
+        assert_eq!(c.recv().await["payload"], "hi");
+        assert_eq!(c.recv().await["payload"], "api");
+        c.expect_silence(Duration::from_millis(300)).await;
+    }
+    alice.recv().await; // the API's message; never its own
+    alice.expect_silence(Duration::from_millis(300)).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A room message with an idempotency key reaches every member once, on the sender's node and
+/// others, never the sending connection; a retry is acked `duplicate`.
+#[tokio::test]
+async fn a_room_idempotency_key_delivers_once_standalone() {
+    let redis = RedisServer::start();
+    idempotent_room_sends(redis.config()).await;
+}
+
+#[tokio::test]
+async fn a_room_idempotency_key_delivers_once_cluster() {
+    let cluster = RedisCluster::start();
+    idempotent_room_sends(cluster.config()).await;
+}

@@ -56,6 +56,21 @@ pub fn idem_key(sender: &str, key: &str) -> String {
     format!("{IDEM_PREFIX}{}:{sender}:{key}", sender.len())
 }
 
+/// The Redis key of `sender`'s idempotency key `key` for a message to `room`: tagged with the
+/// room's channel name, so on a Cluster the record and the channel share a slot and one script
+/// checks, records and publishes.
+pub fn room_idem_key(room: &str, sender: &str, key: &str) -> String {
+    format!("{IDEM_PREFIX}{{{ROOM_CHANNEL_PREFIX}{room}}}:{}:{sender}:{key}", sender.len())
+}
+
+/// A room message's idempotency: its record's key, and the sending connection, which the copy
+/// that comes back to this node skips.
+#[derive(Debug, Clone)]
+pub struct RoomIdem {
+    pub key: String,
+    pub except: Option<uuid::Uuid>,
+}
+
 /// Where a message went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Routed {
@@ -297,13 +312,19 @@ impl Broker {
         self.delivers_locally() || (msg.idem.is_some() && matches!(self, Broker::Redis(_)))
     }
 
-    /// Single node: records `msg`'s idempotency key; true if it was seen within the window
-    /// (then nothing is delivered). Always false with Redis, which decides in the publish.
-    pub fn seen_locally(&self, msg: &Publish) -> bool {
-        match (self, &msg.idem) {
+    /// Single node: records the idempotency key; true if it was seen within the window (then
+    /// nothing is delivered). Always false with Redis, which decides in the publish.
+    pub fn seen_locally(&self, idem: Option<&str>) -> bool {
+        match (self, idem) {
             (Broker::Memory(m), Some(key)) => m.seen(key),
             _ => false,
         }
+    }
+
+    /// Whether a room message with an idempotency key reaches this node's members through Redis
+    /// (then the caller does not deliver it locally).
+    pub fn delivers_room_locally(&self, idem: Option<&str>) -> bool {
+        idem.is_some() && matches!(self, Broker::Redis(_))
     }
 
     /// One page of a resume: the messages of `user` kept after `since` (in `epoch`), bounded in
@@ -326,10 +347,12 @@ impl Broker {
 
     /// Sends a room envelope to the room's members on other nodes (local members are served by
     /// [`crate::rooms::Rooms`]). Never waits; `Routed::nodes` counts the other nodes subscribed.
-    pub fn publish_room(&self, room: &Arc<str>, envelope: &Frame) -> Ticket {
+    /// With `idem`, it reaches this node's members too (through Redis, skipping the sender's
+    /// connection), at most once per key within the window; the caller delivers nothing locally.
+    pub fn publish_room(&self, room: &Arc<str>, envelope: &Frame, idem: Option<RoomIdem>) -> Ticket {
         match self {
             Broker::Memory(_) => Ticket::ready(Ok(Routed::default())),
-            Broker::Redis(b) => b.publish_room(room, envelope),
+            Broker::Redis(b) => b.publish_room(room, envelope, idem),
         }
     }
 

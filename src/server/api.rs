@@ -23,7 +23,8 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use super::Node;
-use crate::broker::{idem_key, Publish, PublishError, Routed, Ticket};
+use crate::broker::{idem_key, room_idem_key, Publish, PublishError, RoomIdem, Ticket};
+use super::deliver::{self, Started};
 use crate::protocol::{self, Frame};
 use crate::rooms;
 
@@ -172,28 +173,17 @@ fn start(node: &Node, req: PublishReq) -> Result<Pending, Refused> {
     }
     let ts = protocol::timestamp_now();
     let payload = req.payload.as_deref();
-    let idem = match req.idempotency_key.as_deref().map(|k| protocol::check_idem_key(k).map(|()| idem_key(sender, k))) {
-        Some(Err(e)) => return Err(Refused::bad("bad_idempotency_key", e.message)),
-        checked => checked.and_then(Result::ok),
+    let key = match req.idempotency_key.as_deref() {
+        Some(k) => Some(k).filter(|k| protocol::check_idem_key(k).is_ok()).ok_or_else(|| Refused::bad("bad_idempotency_key", "\"idempotency_key\" must be 1-64 bytes without control characters"))?.into(),
+        None => None,
     };
     let pending = match (req.receiver.as_deref(), req.room.as_deref()) {
         (Some(user), None) if !user.is_empty() => {
             let envelope = protocol::encode_envelope(&req.kind, payload, user, sender, &ts);
             check_size(node, &envelope)?;
-            let msg = Publish { receiver: Arc::from(user), envelope, idem };
-            let target = json!({"receiverID": user});
-            if node.broker.seen_locally(&msg) {
-                let ticket = Ticket::ready(Ok(Routed { duplicate: true, ..Routed::default() }));
-                return Ok(Pending { target, local: 0, ticket, room: false });
-            }
-            // As a session does: with history on (or a key), the broker serves local receivers
-            // too (through Redis), and `nodes` counts this node then; never both.
-            let local = if node.broker.delivers_locally_for(&msg) { 0 } else { node.hub.deliver(user, &msg.envelope, None, None) };
-            let ticket = node.broker.publish(msg);
-            Pending { target, local, ticket, room: false }
-        }
-        (None, Some(_)) if idem.is_some() => {
-            return Err(Refused::bad("bad_idempotency_key", "idempotency keys are for direct messages (receiverID); rooms do not take one yet"));
+            let msg = Publish { receiver: Arc::from(user), envelope, idem: key.map(|k| idem_key(sender, k)) };
+            let Started { local, ticket } = deliver::direct(node, msg, sender, None);
+            Pending { target: json!({"receiverID": user}), local, ticket, room: false }
         }
         (None, Some(room)) => {
             if !rooms::valid_name(room) {
@@ -201,8 +191,8 @@ fn start(node: &Node, req: PublishReq) -> Result<Pending, Refused> {
             }
             let envelope = protocol::encode_room_envelope(&req.kind, room, payload, sender, &ts);
             check_size(node, &envelope)?;
-            let local = node.rooms.deliver(room, &envelope, None);
-            let ticket = node.broker.publish_room(&Arc::from(room), &envelope);
+            let idem = key.map(|k| RoomIdem { key: room_idem_key(room, sender, k), except: None });
+            let Started { local, ticket } = deliver::room(node, room, &envelope, idem, None);
             Pending { target: json!({"room": room}), local, ticket, room: true }
         }
         _ => return Err(Refused::bad("missing_target", "give exactly one of a non-empty \"receiverID\" or \"room\"")),

@@ -11,6 +11,7 @@ pub mod admission;
 pub mod auth;
 pub mod http;
 pub mod ratelimit;
+mod deliver;
 mod session;
 
 use std::collections::HashMap;

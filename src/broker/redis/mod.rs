@@ -179,6 +179,7 @@ impl RedisBroker {
             sharded,
             health: health.clone(),
             metrics: node.metrics.clone(),
+            idem_window: node.idem_window,
         };
         let room_channels = rooms::RoomChannels::start(room_setup, &tracker, stop.clone());
         let broker = Arc::new(RedisBroker {
@@ -278,8 +279,8 @@ impl RedisBroker {
     }
 
     /// Publishes a room envelope to the other nodes with members; never waits.
-    pub fn publish_room(&self, room: &Arc<str>, envelope: &Frame) -> Ticket {
-        self.rooms.publish(room, envelope)
+    pub fn publish_room(&self, room: &Arc<str>, envelope: &Frame, idem: Option<super::RoomIdem>) -> Ticket {
+        self.rooms.publish(room, envelope, idem)
     }
 
     /// The live nodes holding `user`, from the route table (bounded by [`LOOKUP_TIMEOUT`]).

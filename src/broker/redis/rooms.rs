@@ -9,7 +9,10 @@
 //!   into `room_members:<room>` (HASH, field = server id), or removes its field at 0.
 //! - Publishing: its own bounded queue ([`ROOM_PUBLISH_QUEUE`]) and task, a pipeline per batch.
 //!   The message goes out as `<origin server id>\n<envelope>`: the origin delivered to its own
-//!   members directly, so it skips its own copy when it comes back.
+//!   members directly, so it skips its own copy when it comes back. A message with an
+//!   idempotency key goes out as `*<sending connection>\n<envelope>` by a script that checks and
+//!   writes its record in the same step (record and channel share a slot): every node delivers
+//!   it, the origin too, skipping only the sending connection.
 //! - SSUBSCRIBE/SPUBLISH on a Cluster with sharded pub/sub (a room's traffic touches only the
 //!   shard that owns its channel), SUBSCRIBE/PUBLISH otherwise. fred's `manage_subscriptions`
 //!   re-subscribes after a reconnect; the counts are rewritten then.
@@ -21,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use fred::types::Message;
+use fred::types::{ClusterHash, CustomCommand, Message};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -83,8 +86,23 @@ pub(crate) struct RoomPublishReq {
     pub(crate) room: Arc<str>,
     /// `<origin>\n<envelope>`.
     pub(crate) payload: Bytes,
+    /// The idempotency record's key, if the message has one.
+    pub(crate) idem: Option<String>,
     pub(crate) reply: oneshot::Sender<PublishResult>,
 }
+
+/// First byte of an origin that every node delivers, the origin too: `*` + the sending
+/// connection's UUID, which is skipped. No server id starts with it.
+const EVERYWHERE_MARK: char = '*';
+
+/// Publishes ARGV[3] on channel ARGV[2] unless the idempotency record KEYS[1] exists, then
+/// writes the record (PX ARGV[1]); ARGV[4] "1" for SPUBLISH. Returns the subscriber count, or -1
+/// for a duplicate.
+const ROOM_IDEM_LUA: &str = r#"if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+  if ARGV[4] == '1' then return redis.call('SPUBLISH', ARGV[2], ARGV[3]) end
+  return redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return -1"#;
 
 /// The broker's handle on rooms, kept in [`super::RedisBroker`].
 pub(crate) struct RoomChannels {
@@ -106,6 +124,7 @@ pub(crate) struct RoomSetup {
     pub(crate) sharded: bool,
     pub(crate) health: Arc<Health>,
     pub(crate) metrics: Metrics,
+    pub(crate) idem_window: Duration,
 }
 
 impl RoomChannels {
@@ -125,7 +144,8 @@ impl RoomChannels {
             left: left.clone(),
         };
         tracker.spawn(subs.run(stop.clone()));
-        let publisher = RoomPublisher { client: s.client, sharded: s.sharded, state: state.clone(), health: s.health.clone(), metrics: s.metrics };
+        let idem_ms = s.idem_window.as_millis().max(1).to_string();
+        let publisher = RoomPublisher { client: s.client, sharded: s.sharded, state: state.clone(), health: s.health.clone(), metrics: s.metrics, idem_ms };
         tracker.spawn(publisher.run(publish_rx, stop));
         RoomChannels { rooms: s.rooms, server_id: s.server_id, state, publish_tx, health: s.health, left }
     }
@@ -146,16 +166,21 @@ impl RoomChannels {
     }
 
     /// Publishes `envelope` on the room's channel; never waits.
-    pub(crate) fn publish(&self, room: &Arc<str>, envelope: &Frame) -> Ticket {
+    pub(crate) fn publish(&self, room: &Arc<str>, envelope: &Frame, idem: Option<crate::broker::RoomIdem>) -> Ticket {
         if self.health.is_degraded() {
             return Ticket::ready(Err(PublishError::Unavailable));
         }
-        let mut payload = Vec::with_capacity(self.server_id.len() + 1 + envelope.len());
-        payload.extend_from_slice(self.server_id.as_bytes());
+        let origin = match &idem {
+            Some(i) => format!("{EVERYWHERE_MARK}{}", i.except.map(|c| c.hyphenated().to_string()).unwrap_or_default()),
+            None => self.server_id.to_string(),
+        };
+        let mut payload = Vec::with_capacity(origin.len() + 1 + envelope.len());
+        payload.extend_from_slice(origin.as_bytes());
         payload.push(b'\n');
         payload.extend_from_slice(envelope.as_bytes());
         let (reply, ticket) = Ticket::pending();
-        match self.publish_tx.try_send(RoomPublishReq { room: room.clone(), payload: payload.into(), reply }) {
+        let req = RoomPublishReq { room: room.clone(), payload: payload.into(), idem: idem.map(|i| i.key), reply };
+        match self.publish_tx.try_send(req) {
             Ok(()) => ticket,
             Err(mpsc::error::TrySendError::Full(_)) => Ticket::ready(Err(PublishError::Overloaded)),
             Err(mpsc::error::TrySendError::Closed(_)) => Ticket::ready(Err(PublishError::Stopped)),
@@ -321,6 +346,8 @@ struct RoomPublisher {
     state: Arc<Mutex<SubState>>,
     health: Arc<Health>,
     metrics: Metrics,
+    /// `--idem-window` in ms, as PX takes it.
+    idem_ms: String,
 }
 
 impl RoomPublisher {
@@ -347,7 +374,8 @@ impl RoomPublisher {
                     for (req, n) in batch.drain(..).zip(counts) {
                         // The count includes this node's own subscription: other nodes only.
                         let me = u32::from(st.subscribed.contains(&req.room));
-                        let _ = req.reply.send(Ok(Routed { nodes: (n.max(0) as u32).saturating_sub(me), ..Routed::default() }));
+                        let nodes = (n.max(0) as u32).saturating_sub(me);
+                        let _ = req.reply.send(Ok(Routed { nodes, duplicate: n < 0, ..Routed::default() }));
                     }
                 }
                 failed => {
@@ -367,7 +395,19 @@ impl RoomPublisher {
         for r in batch {
             let channel = room_channel(&r.room);
             let value = Value::Bytes(r.payload.clone());
-            let _: () = if self.sharded { p.spublish(channel, value).await? } else { p.publish(channel, value).await? };
+            let _: () = match &r.idem {
+                // A pipeline has no EVAL of its own: the command by hand, sent to the slot of the
+                // record (the channel's; fred honours a custom command's slot only as a number).
+                // By its text: Redis caches it, and a NOSCRIPT cannot happen.
+                Some(key) => {
+                    let slot = fred::util::redis_keyslot(key.as_bytes());
+                    let sharded = if self.sharded { "1" } else { "0" };
+                    let args: Vec<Value> = vec![ROOM_IDEM_LUA.into(), 1.into(), key.as_str().into(), self.idem_ms.as_str().into(), channel.into(), value, sharded.into()];
+                    p.custom(CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false), args).await?
+                }
+                None if self.sharded => p.spublish(channel, value).await?,
+                None => p.publish(channel, value).await?,
+            };
         }
         p.try_all::<i64>().await.into_iter().collect()
     }
@@ -408,6 +448,11 @@ impl RoomInbound {
             // Our own publication: the session delivered it to our members already.
             return true;
         }
+        // Delivered everywhere but to the sending connection (a message with an idempotency key).
+        let except = bytes[..nl]
+            .strip_prefix(&[EVERYWHERE_MARK as u8])
+            .and_then(|id| std::str::from_utf8(id).ok())
+            .and_then(|id| uuid::Uuid::parse_str(id).ok());
         let envelope = bytes.slice(nl + 1..);
         if envelope.len() > self.max_envelope {
             self.metrics.broker_bad_envelopes.inc();
@@ -415,7 +460,7 @@ impl RoomInbound {
         }
         match Frame::try_from(envelope) {
             Ok(frame) => {
-                self.rooms.deliver(room, &frame, None);
+                self.rooms.deliver(room, &frame, except);
             }
             Err(_) => self.metrics.broker_bad_envelopes.inc(),
         }

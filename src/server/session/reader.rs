@@ -13,7 +13,8 @@ use serde_json::value::RawValue;
 use tracing::debug;
 
 use super::{rooms, Activity, Registration, SETTLE_TIMEOUT};
-use crate::broker::{idem_key, Publish, PublishError, PublishResult, Routed, Ticket};
+use crate::broker::{idem_key, Publish, PublishError, PublishResult, Ticket};
+use crate::server::deliver;
 use crate::hub::{CloseReason, Frame, SessionCtl};
 use crate::protocol::{self, close, ClientFrame, ErrorCode, FrameError};
 use crate::server::ratelimit::Verdict;
@@ -118,7 +119,7 @@ fn answer(reg: &Registration, (id, local, kind, result): (Option<Box<RawValue>>,
     let err = match result {
         Ok(routed) if kind != Answer::Chat => {
             if let Some(id) = &id {
-                let ack = if kind == Answer::Room { protocol::encode_room_ack(id, local, routed.nodes) } else { protocol::encode_ack(id, None) };
+                let ack = if kind == Answer::Room { protocol::encode_room_ack(id, local, routed.nodes, routed.duplicate) } else { protocol::encode_ack(id, None) };
                 reg.outbox.offer(ack, metrics);
             }
             return;
@@ -234,13 +235,6 @@ fn chat(reg: &Registration, frame: ClientFrame<'_>) -> Option<InFlight> {
     let ts = protocol::timestamp_now();
     let envelope = protocol::encode_envelope(protocol::TYPE_CHAT, frame.payload, &receiver, &reg.user, &ts);
     let msg = Publish { receiver: Arc::from(receiver.as_ref()), envelope, idem };
-    let id = id.map(ToOwned::to_owned);
-    if node.broker.seen_locally(&msg) {
-        let ticket = Ticket::ready(Ok(Routed { duplicate: true, ..Routed::default() }));
-        return Some(InFlight { id, local: 0, ticket, answer: Answer::Chat });
-    }
-    let local = if node.broker.delivers_locally_for(&msg) { 0 } else { node.hub.deliver(&msg.receiver, &msg.envelope, None, Some(reg.conn)) };
-    let except = (*msg.receiver == *reg.user).then_some(reg.conn);
-    let ticket = node.broker.publish_except(msg, except);
-    Some(InFlight { id, local, ticket, answer: Answer::Chat })
+    let started = deliver::direct(node, msg, &reg.user, Some(reg.conn));
+    Some(InFlight { id: id.map(ToOwned::to_owned), local: started.local, ticket: started.ticket, answer: Answer::Chat })
 }

@@ -2,11 +2,11 @@
 //! [`crate::rooms::Rooms`] (never through Redis); the broker carries the message to the other
 //! nodes with members, and the session answers once it knows where it went.
 
-use std::sync::Arc;
-
 use super::reader::{Answer, InFlight};
 use super::Registration;
+use crate::broker::{room_idem_key, RoomIdem};
 use crate::protocol::{self, ClientFrame, ErrorCode, FrameError};
+use crate::server::deliver;
 use crate::rooms::RoomError;
 
 /// Handles a join, leave or room_message frame (`frame.kind` is one of them).
@@ -42,12 +42,19 @@ pub(super) fn handle(reg: &Registration, frame: ClientFrame<'_>) -> Option<InFli
             if !node.rooms.is_member(room, reg.conn) {
                 return fail(RoomError::NotMember);
             }
+            let idem = match frame.idem.as_deref().map(protocol::check_idem_key) {
+                Some(Err(e)) => {
+                    reg.reject(id, &e);
+                    return None;
+                }
+                Some(Ok(())) => frame.idem.as_deref().map(|k| RoomIdem { key: room_idem_key(room, &reg.user, k), except: Some(reg.conn) }),
+                None => None,
+            };
             node.metrics.messages.inc();
             let ts = protocol::timestamp_now();
             let envelope = protocol::encode_room_envelope(protocol::TYPE_ROOM_MESSAGE, room, frame.payload, &reg.user, &ts);
-            let local = node.rooms.deliver(room, &envelope, Some(reg.conn));
-            let ticket = node.broker.publish_room(&Arc::from(room), &envelope);
-            Some(InFlight { id: id.map(ToOwned::to_owned), local, ticket, answer: Answer::Room })
+            let started = deliver::room(node, room, &envelope, idem, Some(reg.conn));
+            Some(InFlight { id: id.map(ToOwned::to_owned), local: started.local, ticket: started.ticket, answer: Answer::Room })
         }
     }
 }
