@@ -32,7 +32,7 @@ const PROGRESS_TICK: Duration = Duration::from_secs(1);
     args_conflicts_with_subcommands = true,
     after_help = "Flags override the profile; the profile overrides the defaults.\n\
 Thresholds (--assert, repeatable): METRIC OP VALUE with OP one of < <= > >= = !=, durations in ms/s.\n\
-  metrics: p50 p90 p99 p99.9 max mean connect_p50 connect_p99 connect_max lost duplicated reordered\n\
+  metrics: p50 p90 p99 p99.9 max mean connect_p50 connect_p99 connect_max lost refused_missing duplicated reordered\n\
            sent delivered delivered_per_s sent_per_s connected never_connected reconnects errors unexpected_closes\n\
            foreign echoed late_sends, and with --ack: lost_after_ack unanswered refused acked_offline ack_p50 ack_p99 ack_max\n\
 Exit codes: 0 ok, 1 error, 3 frames arrived but none was a message of this run (the table shows\n\
@@ -489,6 +489,9 @@ fn summary(r: &Report) -> Table {
 fn audit_row(r: &Report) -> String {
     let a = &r.audit;
     let mut out = format!("{} owed, {} received, {} lost, {} duplicated, {} reordered", a.expected, a.received, a.lost, a.duplicated, a.reordered);
+    if a.refused_missing > 0 {
+        out.push_str(&format!("; {} refused (the sender was told: not lost)", a.refused_missing));
+    }
     if r.run.pattern == "room" {
         out.push_str(&format!("\n{} echoed back to their sender (must be 0)", a.echoed));
     }

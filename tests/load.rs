@@ -276,3 +276,29 @@ fn shipped_profiles_parse() {
         }
     }
 }
+
+/// Sends the server refused while Redis was paused (`unavailable`, the sender told) and that
+/// never arrived are reported as refused, apart from lost: `lost` means accepted (or never
+/// answered) and never arrived, so it stays 0 here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_sends_are_reported_apart_from_lost() {
+    let redis = RedisServer::start();
+    let a = TestNode::start("load-ref-a", Some(redis.config())).await;
+    let b = TestNode::start("load-ref-b", Some(redis.config())).await;
+    let mut c = quick(vec![url(a.addr), url(b.addr)], 20, 20.0);
+    c.duration = Duration::from_secs(5);
+    c.ack = true;
+    let pause = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(redis.cli(&["CLIENT", "PAUSE", "2500", "WRITE"]), "OK");
+        redis
+    });
+    let r = run(c).await;
+    let _redis = pause.await.unwrap();
+    let acks = r.acks.as_ref().expect("--ack");
+    assert!(acks.refused.get("unavailable").copied().unwrap_or(0) > 0, "the pause refused sends: {acks:?}");
+    assert!(r.audit.refused_missing > 0, "{:?}", r.audit);
+    assert_eq!((r.audit.lost, acks.lost_after_ack, r.audit.duplicated), (0, 0, 0), "{:?} {acks:?}", r.audit);
+    a.stop().await;
+    b.stop().await;
+}

@@ -44,6 +44,9 @@ pub struct AckWindow {
     pub stats: AckStats,
     /// (receiver user, seq) of audited sends not acked `online:true`.
     pub not_accepted: Vec<(u32, u32)>,
+    /// Of those, the ones the server refused with an `error` (`overloaded`, `unavailable`, ...):
+    /// the sender was told, so one that never arrived is refused, not lost.
+    pub refused: Vec<(u32, u32)>,
 }
 
 impl AckWindow {
@@ -102,6 +105,7 @@ impl AckWindow {
             Verdict::Refused(code) => {
                 count_bounded(&mut self.stats.refused, code, 1);
                 self.remember(to, seq);
+                remember(&mut self.refused, &mut 0, to, seq);
             }
         }
         while self.pending.front().is_some_and(|p| p.answered) {

@@ -213,7 +213,13 @@ pub struct AuditTotals {
     pub expected: u64,
     /// Distinct audited messages received.
     pub received: u64,
+    /// Owed, accepted or never answered, and never arrived. Sends the server refused with an
+    /// error are not in it: see `refused_missing`.
     pub lost: u64,
+    /// Owed deliveries of sends the server refused (`overloaded`, `unavailable`, ...) that never
+    /// arrived: the sender was told, so they are not lost.
+    #[serde(default)]
+    pub refused_missing: u64,
     pub duplicated: u64,
     pub reordered: u64,
     /// Deliveries owed to a receiver connection that was down (reconnecting) when sent.
@@ -243,6 +249,8 @@ pub struct SenderAuditInput<'a> {
     pub counts: &'a SentCounts,
     /// (audience, seq) of sends the server did not accept for delivery (`--ack`).
     pub not_accepted: &'a [(u32, u32)],
+    /// Of those, the ones refused with an error (the sender was told).
+    pub refused: &'a [(u32, u32)],
     /// Sends not accepted are not owed at all, rather than only kept out of `lost_after_ack`:
     /// for the API publisher, whose every request gets a definite answer.
     pub unowed_when_refused: bool,
@@ -286,12 +294,16 @@ pub fn conclude<'a>(
     // Owed to each user, by sender slot; and what was owed but not accepted.
     let mut owed: Vec<Vec<(u32, u32)>> = vec![Vec::new(); audiences as usize];
     let mut refused: Vec<Vec<(u32, u32, bool)>> = vec![Vec::new(); audiences as usize];
+    let mut told: Vec<Vec<(u32, u32)>> = vec![Vec::new(); audiences as usize];
     for s in senders {
         for (user, &n) in s.counts.iter() {
             owed[user as usize].push((s.slot, n));
         }
         for &(user, seq) in s.not_accepted {
             refused[user as usize].push((s.slot, seq, s.unowed_when_refused));
+        }
+        for &(user, seq) in s.refused.iter().filter(|_| !s.unowed_when_refused) {
+            told[user as usize].push((s.slot, seq));
         }
     }
     let mut c = Conclusion { totals: AuditTotals { sent_to_offline, ..AuditTotals::default() }, ..Conclusion::default() };
@@ -314,8 +326,14 @@ pub fn conclude<'a>(
         }
         let received = received.saturating_sub(unowed_arrived);
         let expected_here = expected.saturating_sub(r.missed_while_offline).saturating_sub(unowed);
-        let lost = expected_here.saturating_sub(received);
-        c.lost_after_ack += lost.saturating_sub(refused_missing);
+        let missing = expected_here.saturating_sub(received);
+        c.lost_after_ack += missing.saturating_sub(refused_missing);
+        let told_missing = told[r.audience as usize]
+            .iter()
+            .filter(|(s, seq)| *s != r.slot && r.audit.pairs.get(*s).map_or(Some(false), |p| p.seen(*seq)) != Some(true))
+            .count() as u64;
+        let lost = missing.saturating_sub(told_missing);
+        c.totals.refused_missing += missing - lost;
         c.refused_arrived += refused_arrived;
         let t = &mut c.totals;
         t.expected += expected_here;
@@ -370,13 +388,14 @@ mod tests {
         let c = conclude(
             2,
             1,
-            [SenderAuditInput { slot: 1, counts: &sent, not_accepted: &refused, unowed_when_refused: false }].into_iter(),
+            [SenderAuditInput { slot: 1, counts: &sent, not_accepted: &refused, refused: &refused[..1], unowed_when_refused: false }].into_iter(),
             [SlotAuditInput { slot: 0, user: 0, audience: 0, audit: &a, missed_while_offline: 0 }].into_iter(),
             &names,
             0,
         );
         let t = &c.totals;
-        assert_eq!((t.expected, t.received, t.lost, t.duplicated, t.reordered), (6, 4, 2, 1, 1));
+        // Seq 3 was refused with an error and never arrived: refused, not lost.
+        assert_eq!((t.expected, t.received, t.lost, t.refused_missing, t.duplicated, t.reordered), (6, 4, 1, 1, 1, 1));
         assert_eq!((c.lost_after_ack, c.refused_arrived), (1, 1), "seq 4 was accepted and lost");
         assert_eq!(c.listed.len(), 1);
     }
@@ -401,8 +420,8 @@ mod tests {
             1,
             1,
             [
-                SenderAuditInput { slot: 0, counts: &s0, not_accepted: &[], unowed_when_refused: false },
-                SenderAuditInput { slot: 1, counts: &s1, not_accepted: &[(0, 1)], unowed_when_refused: true },
+                SenderAuditInput { slot: 0, counts: &s0, not_accepted: &[], refused: &[], unowed_when_refused: false },
+                SenderAuditInput { slot: 1, counts: &s1, not_accepted: &[(0, 1)], refused: &[(0, 1)], unowed_when_refused: true },
             ].into_iter(),
             (0..3u32).map(|k| SlotAuditInput { slot: k, user: k, audience: 0, audit: &a[k as usize], missed_while_offline: 0 }),
             &names,

@@ -542,7 +542,7 @@ fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, api: Optio
         messages.delivered_per_s = messages.delivered as f64 / traffic_seconds;
     }
     let sent_to_offline = outcomes.iter().map(|o| o.sent_to_offline).sum::<u64>() + api.as_ref().map_or(0, |a| a.sent_to_offline);
-    let api_sender = api.as_ref().map(|a| SenderAuditInput { slot: sh.plan.slots(), counts: &a.sent_counts, not_accepted: &a.not_accepted, unowed_when_refused: true });
+    let api_sender = api.as_ref().map(|a| SenderAuditInput { slot: sh.plan.slots(), counts: &a.sent_counts, not_accepted: &a.not_accepted, refused: &[], unowed_when_refused: true });
     let conclusion = audit::conclude(
         sh.plan.audiences(),
         sh.plan.connections_per_user,
@@ -552,6 +552,7 @@ fn build_report(sh: &Shared, live: &Live, outcomes: Vec<SlotOutcome>, api: Optio
                 slot: o.slot,
                 counts: &o.sent_counts,
                 not_accepted: o.acks.as_ref().map_or(&[][..], |a| &a.not_accepted[..]),
+                refused: o.acks.as_ref().map_or(&[][..], |a| &a.refused[..]),
                 unowed_when_refused: false,
             })
             .chain(api_sender),

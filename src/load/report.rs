@@ -471,6 +471,7 @@ impl Report {
             "connect_p99" => c.p99_ms,
             "connect_max" => c.max_ms,
             "lost" => self.audit.lost as f64,
+            "refused_missing" => self.audit.refused_missing as f64,
             "duplicated" | "dup" => self.audit.duplicated as f64,
             "reordered" => self.audit.reordered as f64,
             "sent" => self.messages.sent as f64,
@@ -554,6 +555,7 @@ impl AuditTotals {
         self.expected += o.expected;
         self.received += o.received;
         self.lost += o.lost;
+        self.refused_missing += o.refused_missing;
         self.duplicated += o.duplicated;
         self.reordered += o.reordered;
         self.missed_while_offline += o.missed_while_offline;
@@ -595,7 +597,7 @@ pub(super) fn add_samples(into: &mut BTreeMap<String, String>, from: &BTreeMap<S
 }
 
 /// Metric names a threshold may use.
-pub const METRICS: &str = "p50 p90 p99 p99.9 max mean connect_p50 connect_p99 connect_max lost duplicated reordered \
+pub const METRICS: &str = "p50 p90 p99 p99.9 max mean connect_p50 connect_p99 connect_max lost refused_missing duplicated reordered \
      sent delivered delivered_per_s sent_per_s connected never_connected reconnects errors unexpected_closes foreign echoed late_sends \
      lost_after_ack unanswered refused acked_offline ack_p50 ack_p99 ack_max";
 
