@@ -1,13 +1,16 @@
 //! The Redis broker of a node in a fleet: one command connection and one subscriber connection
-//! (fred handles the per-shard connections of a Cluster), and four tasks with one job each:
+//! (fred handles the per-shard connections of a Cluster), and seven tasks with one job each:
 //! - [`writer`]: keeps this node's routes (`user_servers`, `user_online`) in step with the hub;
 //! - [`refresher`]: re-asserts every route and the lease on a timer, off the path of new
 //!   connections;
 //! - [`publisher`]: routes envelopes to the receivers' other nodes, in batches;
 //! - [`subscriber`]: delivers what arrives on this node's channel to the hub, and room channels'
-//!   messages to the room members;
-//! - [`rooms`]: room channel subscriptions (while a room has members here), room publishing and
-//!   per-node member counts; [`lookup`] answers the HTTP API's presence and room questions.
+//!   messages to the room members (run by a supervisor that restarts it if it panics);
+//! - [`rooms`]: two tasks, room channel subscriptions (while a room has members here) with the
+//!   per-node member counts, and room publishing;
+//! - the connection watcher: the degraded state and its probe, re-registering after a reconnect.
+//!
+//! [`lookup`] answers the HTTP API's presence and room questions.
 //!
 //! With `--history`, [`history`] keeps every message to a user in Redis with an offset, and
 //! reads it back for a resume. The publisher's and the history's scripts run through [`script`]:
