@@ -19,7 +19,12 @@ fn history() -> Option<HistoryConfig> {
 }
 
 async fn node(id: &str, redis: &RedisServer, history: Option<HistoryConfig>) -> TestNode {
-    let config = ServerConfig { redis: Some(redis.config()), limits: test_limits(), api_key: Some(KEY.into()), history, ..ServerConfig::embedded(id) };
+    node_on(id, redis.config(), history).await
+}
+
+/// A node with the API key on any Redis (standalone or Cluster).
+async fn node_on(id: &str, redis: wsctl::RedisConfig, history: Option<HistoryConfig>) -> TestNode {
+    let config = ServerConfig { redis: Some(redis), limits: test_limits(), api_key: Some(KEY.into()), history, ..ServerConfig::embedded(id) };
     TestNode::start_config(config).await
 }
 
@@ -304,8 +309,7 @@ async fn send_until_acked(c: &mut Client, to: &str, payload: Value, idem: &str) 
 }
 
 async fn idempotent_sends(redis: wsctl::RedisConfig) {
-    let config = |id: &str| ServerConfig { redis: Some(redis.clone()), limits: test_limits(), api_key: Some(KEY.into()), ..ServerConfig::embedded(id) };
-    let (a, b) = (TestNode::start_config(config("seam-a")).await, TestNode::start_config(config("seam-b")).await);
+    let (a, b) = (node_on("seam-a", redis.clone(), None).await, node_on("seam-b", redis, None).await);
     let mut alice = a.connect("alice").await;
     let (mut bob_a, mut bob_b) = (a.connect("bob").await, b.connect("bob").await);
     let first = send_until_acked(&mut alice, "bob", json!(1), "k1").await;
@@ -385,8 +389,7 @@ async fn a_single_node_deduplicates_by_key_too() {
 }
 
 async fn idempotent_room_sends(redis: wsctl::RedisConfig) {
-    let config = |id: &str| ServerConfig { redis: Some(redis.clone()), limits: test_limits(), api_key: Some(KEY.into()), ..ServerConfig::embedded(id) };
-    let (a, b) = (TestNode::start_config(config("seam-a")).await, TestNode::start_config(config("seam-b")).await);
+    let (a, b) = (node_on("seam-a", redis.clone(), None).await, node_on("seam-b", redis, None).await);
     let mut alice = a.connect("alice").await;
     let (mut here, mut there) = (a.connect("carol").await, b.connect("dave").await);
     for c in [&mut alice, &mut here, &mut there] {
