@@ -401,6 +401,55 @@ async fn a_flooding_client_is_limited_then_closed_while_a_normal_user_keeps_low_
     b.stop().await;
 }
 
+/// Every frame with an `id` gets an answer, rate limited or not: a dropped one is answered
+/// `rate_limited` with its id (read by the frame parser: an `"id":` inside a string is no id),
+/// while frames without one keep the at-most-one-notice-a-second rule.
+#[tokio::test]
+async fn a_rate_limited_frame_with_an_id_is_answered_with_its_id() {
+    // One token, refilled every 100 s: after the first frame every frame is dropped; the close
+    // after sustained excess is far away.
+    let rate = RateLimit { per_second: 0.01, burst: 1, close_after: Duration::from_secs(600) };
+    let node = Node::start("rate-ids", None, SecurityConfig { rate, ..Default::default() }).await;
+    let mut c = node.connect("userId=alice").await;
+    let started = Instant::now();
+    c.send(json!({"type":"heartbeat","id":0})).await;
+    let mut want: Vec<Value> = vec![json!(0)];
+    for i in 1..20 {
+        c.send(json!({"type":"heartbeat","id":i})).await;
+        want.push(json!(i));
+        // Frames without a usable id in between: no id, an id only inside a string, broken JSON.
+        c.send(json!({"type":"heartbeat"})).await;
+        c.send(json!({"type":"chat_message","receiverID":"bob","payload":"\"id\":99"})).await;
+        c.send_raw(Message::text("{\"type\":\"heartbeat\",\"id\":98")).await;
+    }
+    c.send_raw(Message::binary(json!({"type":"heartbeat","id":{"k":"bin"}}).to_string())).await;
+    want.push(json!({"k":"bin"}));
+    let mut got = Vec::new();
+    let mut notices = 0;
+    while got.len() < want.len() {
+        let f = c.recv().await;
+        match f.get("id") {
+            Some(id) => {
+                let kind = if got.is_empty() { "ack" } else { "error" };
+                assert_eq!(f["type"], kind, "{f}");
+                if kind == "error" {
+                    assert_eq!(f["code"], "rate_limited", "{f}");
+                }
+                got.push(id.clone());
+            }
+            None => {
+                assert_eq!(f["code"], "rate_limited", "{f}");
+                notices += 1;
+            }
+        }
+    }
+    assert_eq!(got, want, "one answer per id, in order");
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(f64::from(notices) <= elapsed + 1.0, "{notices} id-less notices in {elapsed:.1} s: at most one a second");
+    assert_eq!(node.metrics.rate_limited_frames.get(), 19 * 4 + 1);
+    node.stop().await;
+}
+
 /// Client frames a hostile or broken client may send, each with the answer it must get: an
 /// error `code`, or `ack`. The connection stays open through all of them.
 fn hostile_frames() -> Vec<(String, &'static str)> {
