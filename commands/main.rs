@@ -25,7 +25,8 @@ use std::process::ExitCode;
 
 use cli::Command;
 
-/// Exit code of a usage error: clap's, and ours for a bad settings file.
+/// Exit code of a usage error: clap's, and ours for a bad settings file or a setting that parsed
+/// but cannot work (`util::UsageError`).
 pub const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
@@ -81,6 +82,9 @@ fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("wsctl: {err:#}");
+            if err.downcast_ref::<util::UsageError>().is_some() {
+                return ExitCode::from(EXIT_USAGE);
+            }
             ExitCode::FAILURE
         }
     }
