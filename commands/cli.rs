@@ -18,7 +18,10 @@ pub const COMPLETION_FILES: [(Shell, &str); 3] = [(Shell::Bash, "wsctl.bash"), (
 /// Non-sticky real-time WebSocket messaging over Redis: the server, a load generator, the
 /// route-table tool and a live metrics view, in one binary.
 #[derive(Debug, Parser)]
-#[command(after_help = "Exit codes: 0 ok, 1 failure, 2 usage (bad flag or settings file), 99 a load threshold failed.\n\
+#[command(after_help = "Exit codes: 0 ok (a drain that ran out of time too), 1 failure (Redis, CloudWatch or a node\n\
+unreachable, a port in use, problems found by config check), 2 usage (a bad flag or value, a setting\n\
+that cannot work, a bad settings file), 3 `wsctl load` recognized none of the frames, 99 a load\n\
+threshold failed.\n\
 Examples:\n  wsctl serve --redis-uri redis://127.0.0.1:6379\n  wsctl load --spawn-local\n  \
 wsctl routes servers --redis-uri redis://127.0.0.1:6379\n  wsctl metrics tail --prometheus http://127.0.0.1:8081/metrics\n  \
 wsctl config default > wsctl.yaml")]

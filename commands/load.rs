@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use wsctl::load::config::{parse_rate, parse_shard, parse_source_ips};
 use wsctl::load::{Assertion, AssertionResult, Diagnosis, Live, LoadConfig, Pattern, Phase, Profile, Rate, Report};
 
-use crate::util::{parse_duration, raise_fd_limit};
+use crate::util::{parse_duration, raise_fd_limit, usage};
 
 /// Exit code when a threshold fails (k6 uses the same).
 const THRESHOLD_FAILED: u8 = 99;
@@ -265,13 +265,14 @@ fn build_config(args: &RunArgs, profile: &Profile, file: &Path) -> anyhow::Resul
 
 async fn run_load(args: RunArgs) -> anyhow::Result<ExitCode> {
     let fd_limit = raise_fd_limit();
+    // A profile, flag or threshold that cannot work is a usage error (exit 2), before anything runs.
     let (profile, file) = match (&args.profile, args.spawn_local) {
-        (Some(path), _) => (Profile::load(path)?, path.clone()),
+        (Some(path), _) => (Profile::load(path).map_err(usage)?, path.clone()),
         (None, true) => (Profile::parse(SMOKE_PROFILE, Path::new("profiles/smoke.yaml (built in)"))?, PathBuf::from("profiles/smoke.yaml")),
         (None, false) => (Profile::default(), PathBuf::from("<no profile>")),
     };
-    let (mut config, assert_texts) = build_config(&args, &profile, &file)?;
-    let asserts = assert_texts.iter().map(|a| Assertion::parse(a)).collect::<Result<Vec<_>, _>>()?;
+    let (mut config, assert_texts) = build_config(&args, &profile, &file).map_err(usage)?;
+    let asserts = assert_texts.iter().map(|a| Assertion::parse(a)).collect::<Result<Vec<_>, _>>().map_err(usage)?;
 
     // The embedded node, when asked for: its side of every connection is ours to count too.
     let local = CancellationToken::new();
@@ -384,7 +385,7 @@ fn finish(report: &Report, asserts: &[Assertion], json: Option<&Path>) -> anyhow
 }
 
 fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
-    let asserts = args.asserts.iter().map(|a| Assertion::parse(a)).collect::<Result<Vec<_>, _>>()?;
+    let asserts = args.asserts.iter().map(|a| Assertion::parse(a)).collect::<Result<Vec<_>, _>>().map_err(usage)?;
     let mut reports = Vec::new();
     for f in &args.files {
         let r = read_report(f)?;

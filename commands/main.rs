@@ -6,9 +6,10 @@
 //!
 //! | code | meaning |
 //! |------|---------|
-//! | 0    | success (also: stdout closed early, as in `wsctl routes list \| head`) |
-//! | 1    | failure: Redis, CloudWatch or a node unreachable, a drain that failed, a settings file with problems under `config check` |
-//! | 2    | usage: unknown flag, bad value, or a bad `--config` file (clap's own code) |
+//! | 0    | success (also: stdout closed early, as in `wsctl routes list \| head`; and `serve` after a drain that ran out of `--drain-timeout`, which it logs as a warning) |
+//! | 1    | failure: Redis, CloudWatch or a node unreachable, a port that cannot be bound, a settings file with problems under `config check` |
+//! | 2    | usage: unknown flag, a value that does not parse (clap's own code) or cannot work (`util::UsageError`: an empty key, a zero timeout, a bad load profile or threshold), or a bad `--config` file |
+//! | 3    | `wsctl load`: frames arrived but none was a message of this run (`load::NOTHING_RECOGNIZED`) |
 //! | 99   | `wsctl load`: the run finished but an `--assert` threshold failed (`load::THRESHOLD_FAILED`): CI can tell "too slow" from "could not run" |
 
 mod cli;
@@ -25,7 +26,8 @@ use std::process::ExitCode;
 
 use cli::Command;
 
-/// Exit code of a usage error: clap's, and ours for a bad settings file.
+/// Exit code of a usage error: clap's, and ours for a bad settings file or a setting that parsed
+/// but cannot work (`util::UsageError`).
 pub const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
@@ -81,6 +83,9 @@ fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("wsctl: {err:#}");
+            if err.downcast_ref::<util::UsageError>().is_some() {
+                return ExitCode::from(EXIT_USAGE);
+            }
             ExitCode::FAILURE
         }
     }

@@ -14,7 +14,7 @@ use wsctl::metrics::cloudwatch::{self, ClientOptions, DEFAULT_NAMESPACE};
 use wsctl::tail::cloudwatch::{ReadQuery, Reader};
 use wsctl::tail::{CloudWatchTail, PrometheusTail, Row, TailSnapshot};
 
-use crate::util::parse_duration;
+use crate::util::{parse_duration, usage};
 
 #[derive(Debug, Args)]
 pub struct MetricsArgs {
@@ -111,19 +111,20 @@ async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
     let prometheus = !args.prometheus.is_empty();
     let period = args.period.unwrap_or(if prometheus { PROMETHEUS_PERIOD } else { CLOUDWATCH_PERIOD });
     if period.is_zero() {
-        anyhow::bail!("--period must be positive");
+        return Err(usage(anyhow::anyhow!("--period must be positive")));
     }
     let mut source = if prometheus {
         for u in &args.prometheus {
             if url::Url::parse(u).map_or(true, |p| p.scheme() != "http" || p.host_str().is_none()) {
-                anyhow::bail!("--prometheus wants http://host:port/metrics, got {u:?}");
+                return Err(usage(anyhow::anyhow!("--prometheus wants http://host:port/metrics, got {u:?}")));
             }
         }
         Source::Prometheus(Box::new(PrometheusTail::new(args.prometheus.clone())))
     } else {
-        validate_period(period)?;
+        validate_period(period).map_err(usage)?;
         if args.since < period {
-            anyhow::bail!("--since ({}) must be at least --period ({})", humantime::format_duration(args.since), humantime::format_duration(period));
+            let why = anyhow::anyhow!("--since ({}) must be at least --period ({})", humantime::format_duration(args.since), humantime::format_duration(period));
+            return Err(usage(why));
         }
         let opts = ClientOptions { region: args.region.clone(), endpoint: args.endpoint.clone(), credentials: None };
         let client = cloudwatch::client(&opts).await?;

@@ -328,12 +328,12 @@ async fn list(args: ListArgs, cancel: &CancellationToken) -> anyhow::Result<Exit
 }
 
 async fn purge(args: PurgeArgs, cancel: &CancellationToken) -> anyhow::Result<ExitCode> {
-    let routes = connect(&args.walk.common).await?;
     if let Some(s) = &args.server {
         if s.trim().is_empty() {
-            anyhow::bail!("invalid --server {s:?}: must not be empty");
+            return Err(crate::util::usage(anyhow::anyhow!("invalid --server {s:?}: must not be empty")));
         }
     }
+    let routes = connect(&args.walk.common).await?;
     let what = match &args.server {
         Some(s) => format!("every route of node {s:?} (refused if it is alive)"),
         None => "every stale route (entries whose user_online key is gone)".to_string(),

@@ -156,7 +156,8 @@ fn flag_names(msg: &str) -> String {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = args.config()?;
+    // A setting that parsed but cannot work is a usage error (exit 2), like one clap refuses.
+    let config = args.config().map_err(crate::util::usage)?;
     let fds = raise_fd_limit();
     let addr = SocketAddr::new(args.bind, args.port);
     let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;

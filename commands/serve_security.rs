@@ -19,7 +19,8 @@ use crate::util::parse_duration;
 pub struct SecurityArgs {
     /// HS256 secret (at least 32 bytes): every connection then needs a JWT signed with it, in
     /// `?token=`, `Authorization: Bearer` or `Sec-WebSocket-Protocol: wsctl.bearer, <token>`; the
-    /// user is its `sub`. Prefer the variable: a flag shows in `ps`.
+    /// user is its `sub`. Prefer the variable: a flag shows in `ps`. An empty value is refused
+    /// (an empty secret mount must not turn auth off): unset it to run without auth.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true, help_heading = "Security")]
     pub jwt_secret: Option<String>,
     /// PEM public key (RSA or EC) to verify RS256/ES256 tokens with, instead of a secret.
@@ -29,6 +30,14 @@ pub struct SecurityArgs {
     /// Only that one algorithm is accepted.
     #[arg(long, env = "WSS_JWT_ALGORITHM", value_parser = parse_algorithm, requires = "jwt_public_key", help_heading = "Security")]
     pub jwt_algorithm: Option<Algorithm>,
+    /// Accept only tokens whose `aud` claim names this audience (a token without `aud` is refused
+    /// too, 401). Needs a key. Default: `aud` is not checked.
+    #[arg(long, env = "WSS_JWT_AUDIENCE", help_heading = "Security")]
+    pub jwt_audience: Option<String>,
+    /// Accept only tokens whose `iss` claim is this issuer (a token without `iss` is refused too,
+    /// 401). Needs a key. Default: `iss` is not checked.
+    #[arg(long, env = "WSS_JWT_ISSUER", help_heading = "Security")]
+    pub jwt_issuer: Option<String>,
     /// Origin allowed to open sockets (repeatable, or comma-separated in the variable), e.g.
     /// https://app.example.com or https://*.example.com. Others get 403; requests without an
     /// Origin header (non-browser clients) are allowed. Default: any origin.
@@ -69,12 +78,29 @@ impl SecurityArgs {
     pub fn config(&self) -> anyhow::Result<SecurityConfig> {
         let auth = match (&self.jwt_secret, &self.jwt_public_key) {
             (_, Some(path)) => {
-                let pem = std::fs::read(path).with_context(|| format!("--jwt-public-key {}", path.display()))?;
-                let auth = Authenticator::from_public_pem(&pem, self.jwt_algorithm).with_context(|| format!("--jwt-public-key {}", path.display()))?;
-                Some(Arc::new(auth))
+                let what = || format!("--jwt-public-key / WSS_JWT_PUBLIC_KEY {}", path.display());
+                let pem = std::fs::read(path).with_context(what)?;
+                Some(Authenticator::from_public_pem(&pem, self.jwt_algorithm).with_context(what)?)
             }
-            (Some(secret), None) if !secret.is_empty() => Some(Arc::new(Authenticator::hs256(secret.as_bytes()).context("JWT_SECRET / --jwt-secret")?)),
-            _ => None,
+            // Empty or whitespace-only is refused by `hs256` (AuthError::EmptyKey), not read as
+            // "auth off".
+            (Some(secret), None) => Some(Authenticator::hs256(secret.as_bytes()).context("JWT_SECRET / --jwt-secret")?),
+            (None, None) => None,
+        };
+        let auth = match auth {
+            Some(mut a) => {
+                if let Some(aud) = &self.jwt_audience {
+                    a = a.require_audience(aud).context("--jwt-audience / WSS_JWT_AUDIENCE")?;
+                }
+                if let Some(iss) = &self.jwt_issuer {
+                    a = a.require_issuer(iss).context("--jwt-issuer / WSS_JWT_ISSUER")?;
+                }
+                Some(Arc::new(a))
+            }
+            None if self.jwt_audience.is_some() || self.jwt_issuer.is_some() => {
+                anyhow::bail!("--jwt-audience / --jwt-issuer need a key to check tokens with: set JWT_SECRET or --jwt-public-key");
+            }
+            None => None,
         };
         if !(self.rate_limit >= 0.0 && self.rate_limit.is_finite()) {
             anyhow::bail!("--rate-limit must be a number >= 0, got {}", self.rate_limit);

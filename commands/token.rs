@@ -34,12 +34,34 @@ pub struct TokenArgs {
     /// Algorithm for --private-key (default: RS256 for RSA, ES256 for EC).
     #[arg(long, requires = "private_key")]
     pub algorithm: Option<Algorithm>,
+    /// `aud` claim to write, for a node run with --jwt-audience (the same variable).
+    #[arg(long, env = "WSS_JWT_AUDIENCE")]
+    pub audience: Option<String>,
+    /// `iss` claim to write, for a node run with --jwt-issuer (the same variable).
+    #[arg(long, env = "WSS_JWT_ISSUER")]
+    pub issuer: Option<String>,
     /// Print {"token":..,"user":..,"expires_at":..} instead of the bare token.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    // Every error before minting is a setting that cannot work: a usage error (exit 2).
+    let mut minter = minter(&args).map_err(crate::util::usage)?;
+    minter.audience = args.audience.clone().filter(|a| !a.is_empty());
+    minter.issuer = args.issuer.clone().filter(|i| !i.is_empty());
+    let (token, exp) = minter.mint(&args.user, args.ttl)?;
+    if args.json {
+        let expires_at = exp.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let v = serde_json::json!({"token": token, "user": args.user, "expires_at": expires_at});
+        println!("{v}");
+    } else {
+        println!("{token}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn minter(args: &TokenArgs) -> anyhow::Result<Minter> {
     wsctl::protocol::check_user_id(&args.user)
         .map_err(|e| anyhow::anyhow!("--user must be 1 to {} bytes without control characters ({e:?})", wsctl::protocol::MAX_USER_ID))?;
     let minter = match (&args.private_key, &args.secret) {
@@ -50,13 +72,5 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
         (None, Some(secret)) => Minter::hs256(secret.as_bytes()).context("--secret / JWT_SECRET")?,
         (None, None) => anyhow::bail!("no key: set JWT_SECRET (or --secret), or give --private-key"),
     };
-    let (token, exp) = minter.mint(&args.user, args.ttl)?;
-    if args.json {
-        let expires_at = exp.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let v = serde_json::json!({"token": token, "user": args.user, "expires_at": expires_at});
-        println!("{v}");
-    } else {
-        println!("{token}");
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(minter)
 }

@@ -35,3 +35,16 @@ pub fn raise_fd_limit() -> u64 {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (examples: 500ms, 30s, 2m)"))
 }
+
+/// A setting that parsed but cannot work (a zero timeout, an empty key, a file that is not a
+/// key, values that contradict each other): a usage error like a value clap cannot parse, exit
+/// code 2 (`EXIT_USAGE`) rather than 1, so a deploy can tell "fix the configuration" from
+/// "something was unreachable".
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct UsageError(pub anyhow::Error);
+
+/// Marks `e` as a [`UsageError`].
+pub fn usage(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    UsageError(e.into()).into()
+}

@@ -1389,7 +1389,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__serve)
-            opts="-p -h -V --port --bind --server-id --advertise --redis-uri --redis-cluster --redis-username --redis-password --pubsub --jwt-secret --jwt-public-key --jwt-algorithm --allowed-origin --max-connections --max-conns-per-user --max-conns-per-ip --rate-limit --rate-burst --header-timeout --send-queue --send-queue-bytes --mixed-fleet --history --history-size --history-ttl --max-frame --ping-interval --idle-timeout --drain-timeout --api-key --metrics-addr --cloudwatch --cloudwatch-namespace --cloudwatch-interval --cloudwatch-region --cloudwatch-endpoint --config --print-config --log-format --threads --help --version"
+            opts="-p -h -V --port --bind --server-id --advertise --redis-uri --redis-cluster --redis-username --redis-password --pubsub --jwt-secret --jwt-public-key --jwt-algorithm --jwt-audience --jwt-issuer --allowed-origin --max-connections --max-conns-per-user --max-conns-per-ip --rate-limit --rate-burst --header-timeout --send-queue --send-queue-bytes --mixed-fleet --history --history-size --history-ttl --max-frame --ping-interval --idle-timeout --drain-timeout --api-key --metrics-addr --cloudwatch --cloudwatch-namespace --cloudwatch-interval --cloudwatch-region --cloudwatch-endpoint --config --print-config --log-format --threads --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1440,6 +1440,14 @@ _wsctl() {
                     return 0
                     ;;
                 --jwt-algorithm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --jwt-audience)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --jwt-issuer)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1547,7 +1555,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__token)
-            opts="-h -V --user --ttl --secret --private-key --algorithm --json --log-format --threads --help --version"
+            opts="-h -V --user --ttl --secret --private-key --algorithm --audience --issuer --json --log-format --threads --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1570,6 +1578,14 @@ _wsctl() {
                     return 0
                     ;;
                 --algorithm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --audience)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --issuer)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

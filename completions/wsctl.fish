@@ -47,9 +47,11 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l redis-username -d 
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l redis-password -d 'ACL password (overrides the URL\'s)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l pubsub -d 'Pub/sub on a Cluster: sharded (SPUBLISH/SSUBSCRIBE, Redis 7+) or classic (PUBLISH, copied to every shard; needed while Go nodes share the Cluster). Ignored on standalone' -r -f -a "sharded\t''
 classic\t''"
-complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l jwt-secret -d 'HS256 secret (at least 32 bytes): every connection then needs a JWT signed with it, in `?token=`, `Authorization: Bearer` or `Sec-WebSocket-Protocol: wsctl.bearer, <token>`; the user is its `sub`. Prefer the variable: a flag shows in `ps`' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l jwt-secret -d 'HS256 secret (at least 32 bytes): every connection then needs a JWT signed with it, in `?token=`, `Authorization: Bearer` or `Sec-WebSocket-Protocol: wsctl.bearer, <token>`; the user is its `sub`. Prefer the variable: a flag shows in `ps`. An empty value is refused (an empty secret mount must not turn auth off): unset it to run without auth' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l jwt-public-key -d 'PEM public key (RSA or EC) to verify RS256/ES256 tokens with, instead of a secret' -r -F
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l jwt-algorithm -d 'The algorithm a --jwt-public-key signs with (default: RS256 for RSA, ES256 for EC keys). Only that one algorithm is accepted' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l jwt-audience -d 'Accept only tokens whose `aud` claim names this audience (a token without `aud` is refused too, 401). Needs a key. Default: `aud` is not checked' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l jwt-issuer -d 'Accept only tokens whose `iss` claim is this issuer (a token without `iss` is refused too, 401). Needs a key. Default: `iss` is not checked' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l allowed-origin -d 'Origin allowed to open sockets (repeatable, or comma-separated in the variable), e.g. https://app.example.com or https://*.example.com. Others get 403; requests without an Origin header (non-browser clients) are allowed. Default: any origin' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l max-connections -d 'Connections this node accepts; past it, 503 before the upgrade (0 = no cap)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l max-conns-per-user -d 'Connections one user may hold on this node; past it, 429 (0 = no cap)' -r
@@ -280,6 +282,8 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l ttl -d 'How long t
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l secret -d 'HS256 secret (at least 32 bytes)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l private-key -d 'PEM private key (RSA or EC, PKCS#8) to sign with instead of a secret' -r -F
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l algorithm -d 'Algorithm for --private-key (default: RS256 for RSA, ES256 for EC)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l audience -d '`aud` claim to write, for a node run with --jwt-audience (the same variable)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l issuer -d '`iss` claim to write, for a node run with --jwt-issuer (the same variable)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r

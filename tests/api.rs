@@ -196,3 +196,42 @@ async fn each_api_limit_is_refused_with_a_reason() {
     assert_eq!((status, answer["error"].as_str()), (400, Some("too_many_messages")));
     a.stop().await;
 }
+
+/// The socket path's id rules (`protocol::check_user_id`: 1-256 bytes, no control characters)
+/// hold for the API's `receiverID` and `senderId` too, one message or in a batch; nothing is
+/// delivered for a refused message.
+#[tokio::test]
+async fn api_receiver_and_sender_ids_follow_the_socket_rules() {
+    let a = node("node-a", None).await;
+    let mut bob = a.connect("bob").await;
+    let long = "x".repeat(wsctl::protocol::MAX_USER_ID + 1);
+    let bad_receivers = [long.as_str(), "bob\u{1b}[31m", "bob\n", "bob\u{7f}", "bob\u{85}"];
+    for bad in bad_receivers {
+        let (status, answer) = post(a.addr, "/api/publish", json!({"receiverID":bad,"type":"n","payload":"bad"})).await;
+        assert_eq!((status, answer["error"].as_str()), (400, Some("bad_receiver")), "{bad:?}: {answer}");
+        let (status, answer) = post(a.addr, "/api/publish", json!({"receiverId":bad,"type":"n","payload":"bad"})).await;
+        assert_eq!((status, answer["error"].as_str()), (400, Some("bad_receiver")), "receiverId {bad:?}: {answer}");
+        let (status, answer) = post(a.addr, "/api/publish", json!({"receiverID":"bob","senderId":bad,"type":"n","payload":"bad"})).await;
+        assert_eq!((status, answer["error"].as_str()), (400, Some("bad_sender")), "senderId {bad:?}: {answer}");
+        let (status, answer) = post(a.addr, "/api/publish", json!({"room":"lobby","senderId":bad,"type":"n","payload":"bad"})).await;
+        assert_eq!((status, answer["error"].as_str()), (400, Some("bad_sender")), "room senderId {bad:?}: {answer}");
+    }
+    let batch = json!({"messages":[
+        {"receiverID":"bob","type":"n","payload":1},
+        {"receiverID":"bob\u{0}","type":"n","payload":2},
+        {"receiverID":"bob","senderId":long,"type":"n","payload":3},
+        {"receiverID":"bob","senderId":"billing","type":"n","payload":4},
+    ]});
+    let (status, answer) = post(a.addr, "/api/publish/batch", batch).await;
+    assert_eq!(status, 200, "{answer}");
+    let errors: Vec<&str> = answer["results"].as_array().unwrap().iter().map(|r| r["error"].as_str().unwrap_or("ok")).collect();
+    assert_eq!(errors, ["ok", "bad_receiver", "bad_sender", "ok"]);
+    // A 256-byte id is still fine. Bob got exactly the accepted messages, in order: nothing refused
+    // above (all sent before the batch) came first.
+    let (status, answer) = post(a.addr, "/api/publish", json!({"receiverID":"x".repeat(256),"senderId":"y".repeat(256),"type":"n"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(bob.recv().await["payload"], 1);
+    let last = bob.recv().await;
+    assert_eq!((&last["payload"], last["senderId"].as_str()), (&json!(4), Some("billing")));
+    a.stop().await;
+}

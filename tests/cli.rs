@@ -150,7 +150,29 @@ fn exit_codes_follow_the_table() {
     assert_eq!(wsctl(&["serve", "--no-such-flag"]).status.code(), Some(2), "usage");
     assert_eq!(wsctl(&["serve", "--port", "notaport"]).status.code(), Some(2), "usage");
     assert_eq!(wsctl(&["--version"]).status.code(), Some(0));
-    assert_eq!(wsctl(&["metrics", "tail", "--prometheus", "ftp://x/metrics", "--once"]).status.code(), Some(1), "failure");
+    // Values that parse but cannot work are usage errors too, found before anything runs.
+    for bad in [
+        &["serve", "--header-timeout", "0s"][..],
+        &["serve", "--rate-limit=-1"],
+        &["serve", "--max-frame", "10"],
+        &["serve", "--jwt-secret", " "],
+        &["metrics", "tail", "--prometheus", "ftp://x/metrics", "--once"],
+        &["token", "--user", "alice", "--secret", "short"],
+        &["load", "--url", "ws://127.0.0.1:9/ws", "--assert", "latency<5"],
+    ] {
+        let out = wsctl(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
+    }
+    // A failure: the port is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = wsctl(&["serve", "--bind", "127.0.0.1", "--port", &port]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // The root --help lists every code.
+    let help = text(&wsctl(&["--help"]).stdout);
+    for code in ["0 ok", "1 failure", "2 usage", "3 `wsctl load`", "99 a load"] {
+        assert!(help.contains(code), "{code:?} in --help:\n{help}");
+    }
 }
 
 /// How long the tour may take: ~15 s of steps, with room for a debug build on a busy machine.

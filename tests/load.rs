@@ -230,9 +230,9 @@ fn assert_thresholds_set_the_exit_code_and_json_is_written() {
     assert_eq!(m["messages"]["delivered"].as_u64().unwrap(), 2 * v["messages"]["delivered"].as_u64().unwrap());
     assert_eq!(m["latency_ms"]["count"].as_u64().unwrap(), 2 * v["latency_ms"]["count"].as_u64().unwrap());
 
-    // A threshold that does not parse is an error (1), before anything runs.
+    // A threshold that does not parse is a usage error (2), before anything runs.
     let (code, _, stderr) = output(wsctl().args(base).args(["--assert", "latency<5"]));
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(stderr.contains("unknown metric \"latency\""), "{stderr}");
 }
 
@@ -242,13 +242,13 @@ fn bad_profiles_name_file_line_and_field() {
     let p = dir.path().join("bad.yaml");
     std::fs::write(&p, "clients: 10\nrate: 5\nconections-per-user: 2\n").unwrap();
     let (code, _, stderr) = output(wsctl().args(["load", "--profile"]).arg(&p));
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a bad profile is a usage error");
     assert!(stderr.contains(&format!("{}:3:", p.display())), "{stderr}");
     assert!(stderr.contains("conections-per-user"), "{stderr}");
 
     std::fs::write(&p, "clients: 10\n# the ramp\nramp: fast\n").unwrap();
     let (code, _, stderr) = output(wsctl().args(["load", "--profile"]).arg(&p));
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(stderr.contains(&format!("{}:3: field `ramp`", p.display())) && stderr.contains("\"fast\""), "{stderr}");
 
     std::fs::write(&p, "clients: many\n").unwrap();

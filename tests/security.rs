@@ -401,6 +401,55 @@ async fn a_flooding_client_is_limited_then_closed_while_a_normal_user_keeps_low_
     b.stop().await;
 }
 
+/// Every frame with an `id` gets an answer, rate limited or not: a dropped one is answered
+/// `rate_limited` with its id (read by the frame parser: an `"id":` inside a string is no id),
+/// while frames without one keep the at-most-one-notice-a-second rule.
+#[tokio::test]
+async fn a_rate_limited_frame_with_an_id_is_answered_with_its_id() {
+    // One token, refilled every 100 s: after the first frame every frame is dropped; the close
+    // after sustained excess is far away.
+    let rate = RateLimit { per_second: 0.01, burst: 1, close_after: Duration::from_secs(600) };
+    let node = Node::start("rate-ids", None, SecurityConfig { rate, ..Default::default() }).await;
+    let mut c = node.connect("userId=alice").await;
+    let started = Instant::now();
+    c.send(json!({"type":"heartbeat","id":0})).await;
+    let mut want: Vec<Value> = vec![json!(0)];
+    for i in 1..20 {
+        c.send(json!({"type":"heartbeat","id":i})).await;
+        want.push(json!(i));
+        // Frames without a usable id in between: no id, an id only inside a string, broken JSON.
+        c.send(json!({"type":"heartbeat"})).await;
+        c.send(json!({"type":"chat_message","receiverID":"bob","payload":"\"id\":99"})).await;
+        c.send_raw(Message::text("{\"type\":\"heartbeat\",\"id\":98")).await;
+    }
+    c.send_raw(Message::binary(json!({"type":"heartbeat","id":{"k":"bin"}}).to_string())).await;
+    want.push(json!({"k":"bin"}));
+    let mut got = Vec::new();
+    let mut notices = 0;
+    while got.len() < want.len() {
+        let f = c.recv().await;
+        match f.get("id") {
+            Some(id) => {
+                let kind = if got.is_empty() { "ack" } else { "error" };
+                assert_eq!(f["type"], kind, "{f}");
+                if kind == "error" {
+                    assert_eq!(f["code"], "rate_limited", "{f}");
+                }
+                got.push(id.clone());
+            }
+            None => {
+                assert_eq!(f["code"], "rate_limited", "{f}");
+                notices += 1;
+            }
+        }
+    }
+    assert_eq!(got, want, "one answer per id, in order");
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(f64::from(notices) <= elapsed + 1.0, "{notices} id-less notices in {elapsed:.1} s: at most one a second");
+    assert_eq!(node.metrics.rate_limited_frames.get(), 19 * 4 + 1);
+    node.stop().await;
+}
+
 /// Client frames a hostile or broken client may send, each with the answer it must get: an
 /// error `code`, or `ack`. The connection stays open through all of them.
 fn hostile_frames() -> Vec<(String, &'static str)> {
@@ -790,4 +839,134 @@ async fn the_binary_warns_when_auth_is_off_and_accepts_what_wsctl_token_mints() 
     assert_eq!(http_get(addr.parse().unwrap(), "/ws?userId=alice").await.unwrap().0, 401, "a userId alone is not enough");
     node.kill().unwrap();
     let _ = node.wait();
+}
+
+/// Runs `wsctl serve` on a free port with `envs` and `args`, expecting it to refuse to start:
+/// returns its exit code and stderr. A node that starts instead is killed after a bound and the
+/// test fails.
+async fn serve_refuses(envs: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsctl"));
+    cmd.args(["serve", "--bind", "127.0.0.1", "--port", "0"]).args(args).env_remove("JWT_SECRET").kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("serve with {envs:?} {args:?} started instead of refusing"))
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Auth never fails open: an empty or whitespace-only key (an empty secret mount) is a
+/// configuration error naming the setting, exit 2, not "auth off".
+#[tokio::test]
+async fn an_empty_key_is_refused_at_start_naming_the_setting() {
+    for secret in ["", "   ", "\n", " \t\r\n"] {
+        let (code, err) = serve_refuses(&[("JWT_SECRET", secret)], &[]).await;
+        assert_eq!(code, Some(2), "JWT_SECRET={secret:?}: {err}");
+        assert!(err.contains("JWT_SECRET") && err.contains("empty"), "JWT_SECRET={secret:?}: {err}");
+    }
+    let (code, err) = serve_refuses(&[], &["--jwt-secret", ""]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--jwt-secret") && err.contains("empty"), "{err}");
+    for contents in ["", " \n\n"] {
+        let pem = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(pem.path(), contents).unwrap();
+        let (code, err) = serve_refuses(&[], &["--jwt-public-key", pem.path().to_str().unwrap()]).await;
+        assert_eq!(code, Some(2), "{contents:?}: {err}");
+        assert!(err.contains("--jwt-public-key") && err.contains("empty"), "{contents:?}: {err}");
+    }
+    // An audience or issuer without a key would check nothing.
+    let (code, err) = serve_refuses(&[("WSS_JWT_AUDIENCE", "chat")], &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--jwt-audience"), "{err}");
+    let (code, err) = serve_refuses(&[("JWT_SECRET", SECRET)], &["--jwt-issuer", " "]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--jwt-issuer") && err.contains("empty"), "{err}");
+}
+
+/// With `--jwt-audience` / `--jwt-issuer` set, a token must carry that `aud` and `iss`: one
+/// without either, or naming another, is 401 (counted as wrong_audience / wrong_issuer).
+#[tokio::test]
+async fn audience_and_issuer_are_checked_when_set() {
+    let auth = Authenticator::hs256(SECRET.as_bytes()).unwrap().require_audience("chat").unwrap().require_issuer("https://login.example").unwrap();
+    let node = Node::start("aud", None, SecurityConfig { auth: Some(Arc::new(auth)), ..Default::default() }).await;
+    let exp = now_s() + 600;
+    let iss = "https://login.example";
+    let with = |claims: Value| format!("token={}", signed(claims, Algorithm::HS256, SECRET));
+    let cases = [
+        (with(json!({"sub":"alice","exp":exp,"iss":iss})), "token audience not accepted", "wrong_audience"),
+        (with(json!({"sub":"alice","exp":exp,"iss":iss,"aud":"billing"})), "token audience not accepted", "wrong_audience"),
+        (with(json!({"sub":"alice","exp":exp,"iss":iss,"aud":["billing","admin"]})), "token audience not accepted", "wrong_audience"),
+        (with(json!({"sub":"alice","exp":exp,"aud":"chat"})), "token issuer not accepted", "wrong_issuer"),
+        (with(json!({"sub":"alice","exp":exp,"aud":"chat","iss":"https://evil.example"})), "token issuer not accepted", "wrong_issuer"),
+    ];
+    for (query, body, reason) in &cases {
+        let before = node.refused(reason);
+        assert_eq!(node.open(query, &[]).await.err(), Some((401, body.to_string())), "{query}");
+        assert_eq!(node.refused(reason), before + 1, "counted as {reason}");
+    }
+    // What wsctl token mints without --audience/--issuer: neither claim.
+    assert_eq!(node.open(&format!("token={}", token("alice", Duration::from_secs(600))), &[]).await.err().map(|e| e.0), Some(401));
+    let mut alice = node.connect(&with(json!({"sub":"alice","exp":exp,"iss":iss,"aud":"chat"}))).await;
+    node.connect(&with(json!({"sub":"bob","exp":exp,"iss":iss,"aud":["other","chat"]}))).await;
+    alice.send(json!({"type":"heartbeat","id":1})).await;
+    assert_eq!(alice.recv().await["type"], "ack");
+    node.stop().await;
+
+    // The binary: the flags' variables, `wsctl token --audience --issuer`, and --print-config.
+    let envs = [("JWT_SECRET", SECRET), ("WSS_JWT_AUDIENCE", "chat"), ("WSS_JWT_ISSUER", iss)];
+    let (mut child, addr, lines) = serve_binary(&envs);
+    let on = lines.iter().find(|l| l.contains("auth: on")).expect("an auth: on line");
+    assert!(on.contains("chat") && on.contains(iss), "{on}");
+    let mint = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsctl"))
+            .args(["token", "--user", "alice"])
+            .args(extra)
+            .env("JWT_SECRET", SECRET)
+            .env_remove("WSS_JWT_AUDIENCE")
+            .env_remove("WSS_JWT_ISSUER")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let good = mint(&["--audience", "chat", "--issuer", iss]);
+    Client::connect(&format!("ws://{addr}/ws?token={good}")).await.close().await;
+    let plain = mint(&[]);
+    assert_eq!(http_get(addr.parse().unwrap(), &format!("/ws?token={plain}")).await.unwrap().0, 401);
+    child.kill().unwrap();
+    let _ = child.wait();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsctl")).args(["serve", "--print-config"]).envs(envs).output().unwrap();
+    let print = String::from_utf8_lossy(&out.stdout);
+    for key in ["jwt-audience", "jwt-issuer"] {
+        assert!(print.lines().any(|l| l.starts_with(key)), "{key} in --print-config:\n{print}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsctl")).args(["config", "default"]).output().unwrap();
+    let default = String::from_utf8_lossy(&out.stdout);
+    assert!(default.contains("jwt-audience") && default.contains("jwt-issuer"), "{default}");
+}
+
+/// One clock and one rule for expiry: the handshake refuses a token from `exp` + leeway on, the
+/// instant its connection is closed with 1008, so a client reconnecting with the same token is
+/// refused 401 rather than accepted and closed again (it used to be accepted for up to a second
+/// more, and looped).
+#[tokio::test]
+async fn after_the_expiry_close_the_same_token_is_refused() {
+    let node = Node::start("expiry", None, auth_on()).await;
+    // exp + leeway 1-2 s from now.
+    let exp = now_s() + 2 - TOKEN_LEEWAY.as_secs();
+    let t = signed(json!({"sub":"alice","exp":exp}), Algorithm::HS256, SECRET);
+    let mut c = node.connect(&format!("token={t}")).await;
+    let (_, closed) = c.until_closed(Duration::from_secs(10)).await;
+    assert_eq!(closed, Closed::Code(1008));
+    let deadline = UNIX_EPOCH + Duration::from_secs(exp) + TOKEN_LEEWAY;
+    assert!(SystemTime::now() >= deadline, "closed before exp + leeway");
+    let before = node.refused("expired_token");
+    for _ in 0..20 {
+        assert_eq!(node.open(&format!("token={t}"), &[]).await.err(), Some((401, "token expired".to_string())), "reconnect with the expired token");
+    }
+    assert_eq!(node.refused("expired_token"), before + 20);
+    node.stop().await;
 }

@@ -1,8 +1,8 @@
 //! CloudWatch, the node's side: the client settings shared with the reader (`crate::tail`), and
-//! the publisher a node runs next to its server (`wsctl serve --cloudwatch`). It pushes, per interval, the
-//! original server's five metrics under one `ServerID` dimension, as counts for the interval (not
-//! running totals, so `Sum` over any period is meaningful), plus the latency distribution as
-//! Values/Counts so CloudWatch can compute percentiles. A failed push is logged, counted in
+//! the publisher a node runs next to its server (`wsctl serve --cloudwatch`). It pushes six
+//! metrics per interval under one `ServerID` dimension: the original server's five, as counts for
+//! the interval (not running totals, so `Sum` over any period is meaningful), and a sixth,
+//! `LatencyMs`, the latency distribution as Values/Counts so CloudWatch can compute percentiles. A failed push is logged, counted in
 //! `wss_cloudwatch_push_errors_total`, and its counts are carried into the next interval's push.
 
 use std::time::{Duration, SystemTime};

@@ -167,9 +167,14 @@ fn start(node: &Node, req: PublishReq) -> Result<Pending, Refused> {
     if FORBIDDEN_TYPES.contains(&req.kind.as_str()) {
         return Err(Refused::bad("forbidden_type", format!("{:?} is a protocol frame; backends may not publish it", req.kind)));
     }
+    // The socket path's rules for ids (protocol::check_user_id): route keys stay small and
+    // `wsctl routes` never prints a terminal escape a backend put into an envelope.
     let sender = req.sender.as_deref().unwrap_or(API_SENDER);
-    if sender.is_empty() || sender.len() > 256 {
-        return Err(Refused::bad("bad_sender", "\"senderId\" must be 1-256 bytes"));
+    if protocol::check_user_id(sender).is_err() {
+        return Err(Refused::bad("bad_sender", "\"senderId\" must be 1-256 bytes, without control characters"));
+    }
+    if req.receiver.as_deref().is_some_and(|r| !r.is_empty() && protocol::check_user_id(r).is_err()) {
+        return Err(Refused::bad("bad_receiver", "\"receiverID\" must be at most 256 bytes, without control characters"));
     }
     let ts = protocol::timestamp_now();
     let payload = req.payload.as_deref();

@@ -4,7 +4,14 @@
 //! `alg: none` and HS/RS confusion are refused before any signature check.
 //!
 //! The user is the `sub` claim; `exp` is required (a token that never expires cannot be
-//! revoked by waiting) and `nbf` is honoured when present, both with [`TOKEN_LEEWAY`].
+//! revoked by waiting) and `nbf` is honoured when present, both with [`TOKEN_LEEWAY`]. `aud` and
+//! `iss` are checked when the node is given an audience or issuer.
+//!
+//! Expiry has one rule and one clock: [`expiry_deadline`] (`exp` plus the leeway, on the system
+//! clock to the nanosecond) is when the handshake starts refusing the token *and* when a
+//! connection holding it is closed with 1008. (jsonwebtoken's own `exp` check works in whole
+//! seconds, so it kept accepting a token for up to a second after its connection was closed for
+//! expiry: a client reconnecting with the same token looped, accepted and closed again.)
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -34,6 +41,14 @@ const MAX_EXP: u64 = 253_402_300_799;
 /// Shortest HS256 secret accepted: RFC 7518 3.2 requires a key of at least the hash size.
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// When a token with this `exp` (seconds since the epoch) stops being valid: `exp` plus
+/// [`TOKEN_LEEWAY`]. The handshake refuses the token from this instant on (`now >= deadline`),
+/// and a connection holding it is closed at it: the same instant, on the same clock.
+pub fn expiry_deadline(exp: u64) -> SystemTime {
+    // Clamped: a validly signed exp of u64::MAX must not overflow SystemTime arithmetic.
+    UNIX_EPOCH + Duration::from_secs(exp.min(MAX_EXP)) + TOKEN_LEEWAY
+}
+
 /// Why a key could not be loaded or a token could not be minted.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -48,6 +63,13 @@ pub enum AuthError {
     AlgorithmMismatch { alg: Algorithm, key: &'static str },
     #[error("cannot sign the token: {0}")]
     Sign(jsonwebtoken::errors::Error),
+    /// An empty or whitespace-only key (an empty secret mount): refused rather than read as
+    /// "auth off", which is what an empty `JWT_SECRET` used to mean.
+    #[error("the key is empty (or only whitespace); unset it to run without auth")]
+    EmptyKey,
+    /// An empty `--jwt-audience` / `--jwt-issuer`: it would match no token.
+    #[error("the {0} must not be empty")]
+    EmptyClaim(&'static str),
 }
 
 /// Why a token was refused: each is a `reason` label in `/metrics` and a short 401 body.
@@ -61,6 +83,10 @@ pub enum TokenError {
     Expired,
     /// Before `nbf` (minus the leeway).
     NotYetValid,
+    /// `--jwt-audience` is set and the token's `aud` is missing or names another audience.
+    Audience,
+    /// `--jwt-issuer` is set and the token's `iss` is missing or another issuer.
+    Issuer,
 }
 
 /// Who a valid token says the client is.
@@ -80,6 +106,18 @@ pub struct Claims {
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+}
+
+/// What `verify` reads from a token (jsonwebtoken checks the other claims on its own parse, so
+/// an `aud` array or any other claim shape does not matter here).
+#[derive(Deserialize)]
+struct Verified {
+    sub: String,
+    exp: u64,
 }
 
 /// The key and algorithm a node verifies tokens with.
@@ -87,18 +125,24 @@ pub struct Claims {
 pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
-    leeway: Duration,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").field("algorithm", &self.algorithm()).finish_non_exhaustive()
+        f.debug_struct("Authenticator")
+            .field("algorithm", &self.algorithm())
+            .field("audience", &self.validation.aud)
+            .field("issuer", &self.validation.iss)
+            .finish_non_exhaustive()
     }
 }
 
 impl Authenticator {
     /// HS256 with a shared secret (`JWT_SECRET`, `--jwt-secret`).
     pub fn hs256(secret: &[u8]) -> Result<Self, AuthError> {
+        if secret.trim_ascii().is_empty() {
+            return Err(AuthError::EmptyKey);
+        }
         if secret.len() < MIN_SECRET_BYTES {
             return Err(AuthError::ShortSecret(secret.len()));
         }
@@ -108,6 +152,9 @@ impl Authenticator {
     /// RS*/PS*/ES* with a PEM public key (`--jwt-public-key`). Without `alg`, an RSA key means
     /// RS256 and an EC key ES256.
     pub fn from_public_pem(pem: &[u8], alg: Option<Algorithm>) -> Result<Self, AuthError> {
+        if pem.trim_ascii().is_empty() {
+            return Err(AuthError::EmptyKey);
+        }
         let (key, family) = match DecodingKey::from_rsa_pem(pem) {
             Ok(k) => (k, "RSA"),
             Err(_) => (DecodingKey::from_ec_pem(pem).map_err(AuthError::BadPublicKey)?, "EC"),
@@ -127,9 +174,44 @@ impl Authenticator {
         let mut validation = Validation::new(alg);
         validation.leeway = TOKEN_LEEWAY.as_secs();
         validation.validate_nbf = true;
+        // `exp` is checked in `verify`, against `expiry_deadline` (see the module docs); it is
+        // still required.
+        validation.validate_exp = false;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Authenticator { key, validation, leeway: TOKEN_LEEWAY }
+        Authenticator { key, validation }
+    }
+
+    /// Accept only tokens whose `aud` names `audience` (`--jwt-audience`); a token without `aud`
+    /// is refused too.
+    pub fn require_audience(mut self, audience: &str) -> Result<Self, AuthError> {
+        if audience.trim().is_empty() {
+            return Err(AuthError::EmptyClaim("audience"));
+        }
+        self.validation.set_audience(&[audience]);
+        self.validation.validate_aud = true;
+        self.validation.required_spec_claims.insert("aud".into());
+        Ok(self)
+    }
+
+    /// Accept only tokens whose `iss` is `issuer` (`--jwt-issuer`); a token without `iss` is
+    /// refused too.
+    pub fn require_issuer(mut self, issuer: &str) -> Result<Self, AuthError> {
+        if issuer.trim().is_empty() {
+            return Err(AuthError::EmptyClaim("issuer"));
+        }
+        self.validation.set_issuer(&[issuer]);
+        self.validation.required_spec_claims.insert("iss".into());
+        Ok(self)
+    }
+
+    /// The audience and issuer required, if any.
+    pub fn audience(&self) -> Option<String> {
+        self.validation.aud.as_ref().and_then(|a| a.iter().next().cloned())
+    }
+
+    pub fn issuer(&self) -> Option<String> {
+        self.validation.iss.as_ref().and_then(|a| a.iter().next().cloned())
     }
 
     /// The one algorithm accepted.
@@ -137,15 +219,25 @@ impl Authenticator {
         self.validation.algorithms[0]
     }
 
-    /// Checks a token; the user is its `sub`.
+    /// Checks a token now; the user is its `sub`.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
+        self.verify_at(token, SystemTime::now())
+    }
+
+    /// Checks a token as of `now`: expired from [`expiry_deadline`] on.
+    pub fn verify_at(&self, token: &str, now: SystemTime) -> Result<Identity, TokenError> {
+        let data = jsonwebtoken::decode::<Verified>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
             ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+            ErrorKind::InvalidAudience => TokenError::Audience,
+            ErrorKind::InvalidIssuer => TokenError::Issuer,
+            ErrorKind::MissingRequiredClaim(c) if c == "aud" => TokenError::Audience,
+            ErrorKind::MissingRequiredClaim(c) if c == "iss" => TokenError::Issuer,
             _ => TokenError::Invalid,
         })?;
-        // Clamped: a validly signed exp of u64::MAX must not overflow SystemTime arithmetic.
-        let expires_at = UNIX_EPOCH + Duration::from_secs(data.claims.exp.min(MAX_EXP)) + self.leeway;
+        let expires_at = expiry_deadline(data.claims.exp);
+        if now >= expires_at {
+            return Err(TokenError::Expired);
+        }
         Ok(Identity { user: data.claims.sub, expires_at })
     }
 }
@@ -209,14 +301,20 @@ fn protocol_token(headers: &HeaderMap) -> Option<String> {
 pub struct Minter {
     key: EncodingKey,
     alg: Algorithm,
+    /// `aud` and `iss` written into every token, when set.
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
 }
 
 impl Minter {
     pub fn hs256(secret: &[u8]) -> Result<Self, AuthError> {
+        if secret.trim_ascii().is_empty() {
+            return Err(AuthError::EmptyKey);
+        }
         if secret.len() < MIN_SECRET_BYTES {
             return Err(AuthError::ShortSecret(secret.len()));
         }
-        Ok(Minter { key: EncodingKey::from_secret(secret), alg: Algorithm::HS256 })
+        Ok(Minter { key: EncodingKey::from_secret(secret), alg: Algorithm::HS256, audience: None, issuer: None })
     }
 
     pub fn from_private_pem(pem: &[u8], alg: Option<Algorithm>) -> Result<Self, AuthError> {
@@ -230,14 +328,14 @@ impl Minter {
             (_, Some(a)) => a,
             _ => unreachable!("family is RSA or EC"),
         };
-        Ok(Minter { key, alg })
+        Ok(Minter { key, alg, audience: None, issuer: None })
     }
 
     /// A token for `user` valid for `ttl` from now; returns it with its `exp`.
     pub fn mint(&self, user: &str, ttl: Duration) -> Result<(String, SystemTime), AuthError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let exp = now.saturating_add(ttl.as_secs().max(1)).min(MAX_EXP);
-        let claims = Claims { sub: user.to_owned(), exp, iat: Some(now), nbf: None };
+        let claims = Claims { sub: user.to_owned(), exp, iat: Some(now), nbf: None, aud: self.audience.clone(), iss: self.issuer.clone() };
         let token = jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.key).map_err(AuthError::Sign)?;
         Ok((token, UNIX_EPOCH + Duration::from_secs(exp)))
     }
@@ -273,6 +371,19 @@ mod tests {
         let id = Authenticator::hs256(SECRET).unwrap().verify(&t).unwrap();
         assert_eq!(id.expires_at, UNIX_EPOCH + Duration::from_secs(MAX_EXP) + TOKEN_LEEWAY);
         assert!(Minter::hs256(SECRET).unwrap().mint("alice", Duration::MAX).is_ok());
+    }
+
+    #[test]
+    fn the_handshake_refuses_a_token_at_the_instant_its_connection_closes() {
+        let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 60;
+        let claims = serde_json::json!({"sub":"alice","exp":exp});
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET)).unwrap();
+        let auth = Authenticator::hs256(SECRET).unwrap();
+        let deadline = expiry_deadline(exp);
+        assert_eq!(auth.verify_at(&t, deadline - Duration::from_nanos(1)).unwrap().expires_at, deadline);
+        assert_eq!(auth.verify_at(&t, deadline), Err(TokenError::Expired));
+        assert!(matches!(Authenticator::hs256(b"  \n"), Err(AuthError::EmptyKey)));
+        assert!(matches!(Authenticator::from_public_pem(b"", None), Err(AuthError::EmptyKey)));
     }
 
     #[test]

@@ -339,7 +339,7 @@ pub async fn serve_with_metrics(
 /// One line an operator notices: auth off is a WARN.
 fn log_security(s: &admission::SecurityConfig) {
     match &s.auth {
-        Some(a) => info!(algorithm = ?a.algorithm(), "auth: on (JWT, user = sub)"),
+        Some(a) => info!(algorithm = ?a.algorithm(), audience = ?a.audience(), issuer = ?a.issuer(), "auth: on (JWT, user = sub)"),
         None => warn!("auth: OFF — any client can connect as any user; set JWT_SECRET or --jwt-public-key"),
     }
     let origins: Vec<String> = s.origins.iter().map(|o| format!("{o:?}")).collect();

@@ -1,8 +1,9 @@
 //! Per-connection message rate: a token bucket checked by the session's reader for every data
-//! frame, before the frame is parsed. A frame over the rate is dropped unprocessed; the client
-//! hears about it in a `rate_limited` error frame at most once per [`RATE_NOTICE_INTERVAL`] (so
-//! the answers cannot become a flood of their own), and a client that stays over the rate for
-//! [`RATE_CLOSE_AFTER`] is closed with 4029.
+//! frame, before the frame is processed. A frame over the rate is dropped unprocessed (read only
+//! for its `id`); a frame with an `id` is answered `rate_limited` with that id, like any frame
+//! with an `id`; without one the client hears about it in a `rate_limited` error frame at most
+//! once per [`RATE_NOTICE_INTERVAL`] (so the answers cannot become a flood of their own), and a
+//! client that stays over the rate for [`RATE_CLOSE_AFTER`] is closed with 4029.
 //!
 //! The bucket is owned by the reader task: no lock, no atomic, one clock read per frame.
 
@@ -10,8 +11,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use serde_json::value::RawValue;
+
 use crate::metrics::Metrics;
-use crate::protocol::{ErrorCode, FrameError};
+use crate::protocol::{self, ErrorCode, FrameError};
 
 /// Default `--rate-limit`, frames per second per connection. A person chatting sends a few per
 /// second at most; a client also sends heartbeats and latency reports. 50/s is an order of
@@ -113,14 +116,23 @@ impl Limiter {
     }
 }
 
-/// Checks one data frame against the bucket: counts a dropped frame, and hands `notify` the
-/// `rate_limited` error when one is due.
-pub(crate) fn gate(limiter: &mut Limiter, metrics: &Metrics, notify: impl FnOnce(&FrameError)) -> Verdict {
+/// Checks one data frame (`bytes`, as received) against the bucket: counts a dropped frame, and
+/// hands `answer` the `rate_limited` error with the frame's `id` when the frame has one (every
+/// frame with an `id` gets an answer), or without an id when an id-less notice is due (at most
+/// one per [`RATE_NOTICE_INTERVAL`]).
+///
+/// A dropped frame is only read for its `id`, by the frame parser itself
+/// ([`protocol::parse_client_frame`]): an `"id":` inside a string is not an id, and a frame that
+/// does not parse has none. That is no more work than an allowed frame costs, and the answers
+/// go through the connection's bounded outbox like any other: a client that floods with ids and
+/// does not read its answers is closed as a slow consumer (4008).
+pub(crate) fn gate(limiter: &mut Limiter, metrics: &Metrics, bytes: &[u8], answer: impl FnOnce(Option<&RawValue>, &FrameError)) -> Verdict {
     let v = limiter.check(Instant::now());
     if let Verdict::Drop { notify: due } = v {
         metrics.rate_limited_frames.inc();
-        if due {
-            notify(&FrameError::new(ErrorCode::RateLimited, "too many frames: this one and others were dropped, slow down"));
+        let id = protocol::parse_client_frame(bytes).ok().and_then(|f| f.id);
+        if id.is_some() || due {
+            answer(id, &FrameError::new(ErrorCode::RateLimited, "too many frames: this one and others were dropped, slow down"));
         }
     }
     v

@@ -53,8 +53,13 @@ pub(super) async fn read_loop(stream: &mut SplitStream<WebSocket>, reg: &Registr
             Some(Err(e)) => return read_error(e, reg),
             Some(Ok(msg)) => msg,
         };
-        if let (Some(l), Message::Text(_) | Message::Binary(_)) = (&mut limiter, &msg) {
-            match crate::server::ratelimit::gate(l, &reg.node.metrics, |e| reg.reject(None, e)) {
+        let data = match &msg {
+            Message::Text(t) => Some(t.as_bytes()),
+            Message::Binary(b) => Some(&b[..]),
+            _ => None,
+        };
+        if let (Some(l), Some(data)) = (&mut limiter, data) {
+            match crate::server::ratelimit::gate(l, &reg.node.metrics, data, |id, e| reg.reject(id, e)) {
                 Verdict::Allow => {}
                 Verdict::Drop { .. } => continue,
                 Verdict::Close => return CloseReason::RateLimited,
