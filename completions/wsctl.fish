@@ -63,6 +63,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l send-queue -d 'Fra
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l send-queue-bytes -d 'Bytes queued per connection before it is closed as a slow consumer (4008)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l history-size -d 'Messages kept per user (the newest), 1 to 10000' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l history-ttl -d 'A user\'s history expires this long after its last message' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l idem-window -d 'How long a sender\'s idempotency key (`"idem"` on chat_message, `"idempotency_key"` on the API) is remembered: a retry with the same key within it is answered `duplicate` and never delivered twice' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l max-frame -d 'Largest frame a client may send, bytes (larger: error `too_large`, close 1009)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l ping-interval -d 'Interval between server pings' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l idle-timeout -d 'Close a connection silent (no frame, pong or heartbeat) for this long (1001)' -r
