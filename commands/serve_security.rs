@@ -11,6 +11,7 @@ use jsonwebtoken::Algorithm;
 use wsctl::server::admission::{self, Caps, OriginPattern, SecurityConfig};
 use wsctl::server::auth::Authenticator;
 use wsctl::server::http::{self, HttpLimits};
+use wsctl::room_access::RoomPolicy;
 use wsctl::server::ratelimit::{self, RateLimit};
 
 use crate::util::parse_duration;
@@ -38,6 +39,11 @@ pub struct SecurityArgs {
     /// 401). Needs a key. Default: `iss` is not checked.
     #[arg(long, env = "WSS_JWT_ISSUER", help_heading = "Security")]
     pub jwt_issuer: Option<String>,
+    /// Who may join a room with auth on: `claims` (a join needs a `rooms`/`rooms_read` claim in
+    /// the connection's token, or a room token on the join; others are refused `forbidden`) or
+    /// `open` (any connection joins any room). With auth off rooms are always open.
+    #[arg(long, env = "WSS_ROOM_POLICY", value_enum, default_value_t = RoomPolicyArg::Claims, help_heading = "Security")]
+    pub room_policy: RoomPolicyArg,
     /// Origin allowed to open sockets (repeatable, or comma-separated in the variable), e.g.
     /// https://app.example.com or https://*.example.com. Others get 403; requests without an
     /// Origin header (non-browser clients) are allowed. Default: any origin.
@@ -117,6 +123,17 @@ impl SecurityArgs {
             caps: Caps { max_connections: self.max_connections, per_user: self.max_conns_per_user, per_ip: self.max_conns_per_ip },
             rate: RateLimit { per_second: self.rate_limit, burst: self.rate_burst, ..RateLimit::recommended() },
             http: HttpLimits { header_read_timeout: self.header_timeout, max_header_bytes: http::MAX_HEADER_BYTES },
+            room_policy: match self.room_policy {
+                RoomPolicyArg::Claims => RoomPolicy::Claims,
+                RoomPolicyArg::Open => RoomPolicy::Open,
+            },
         })
     }
+}
+
+/// `--room-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoomPolicyArg {
+    Claims,
+    Open,
 }

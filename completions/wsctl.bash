@@ -1389,7 +1389,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__serve)
-            opts="-p -h -V --port --bind --server-id --advertise --redis-uri --redis-cluster --redis-username --redis-password --pubsub --jwt-secret --jwt-public-key --jwt-algorithm --jwt-audience --jwt-issuer --allowed-origin --max-connections --max-conns-per-user --max-conns-per-ip --rate-limit --rate-burst --header-timeout --send-queue --send-queue-bytes --mixed-fleet --history --history-size --history-ttl --idem-window --max-frame --ping-interval --idle-timeout --drain-timeout --api-key --metrics-addr --cloudwatch --cloudwatch-namespace --cloudwatch-interval --cloudwatch-region --cloudwatch-endpoint --config --print-config --log-format --threads --help --version"
+            opts="-p -h -V --port --bind --server-id --advertise --redis-uri --redis-cluster --redis-username --redis-password --pubsub --jwt-secret --jwt-public-key --jwt-algorithm --jwt-audience --jwt-issuer --room-policy --allowed-origin --max-connections --max-conns-per-user --max-conns-per-ip --rate-limit --rate-burst --header-timeout --send-queue --send-queue-bytes --mixed-fleet --history --history-size --history-ttl --idem-window --max-frame --ping-interval --idle-timeout --drain-timeout --api-key --metrics-addr --cloudwatch --cloudwatch-namespace --cloudwatch-interval --cloudwatch-region --cloudwatch-endpoint --config --print-config --log-format --threads --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1449,6 +1449,10 @@ _wsctl() {
                     ;;
                 --jwt-issuer)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --room-policy)
+                    COMPREPLY=($(compgen -W "claims open" -- "${cur}"))
                     return 0
                     ;;
                 --allowed-origin)
@@ -1559,7 +1563,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__token)
-            opts="-h -V --user --ttl --secret --private-key --algorithm --audience --issuer --json --log-format --threads --help --version"
+            opts="-h -V --user --ttl --secret --private-key --algorithm --audience --issuer --rooms --rooms-read --room --read-only --json --log-format --threads --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1590,6 +1594,18 @@ _wsctl() {
                     return 0
                     ;;
                 --issuer)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --rooms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --rooms-read)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --room)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -52,6 +52,8 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l jwt-public-key -d 
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l jwt-algorithm -d 'The algorithm a --jwt-public-key signs with (default: RS256 for RSA, ES256 for EC keys). Only that one algorithm is accepted' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l jwt-audience -d 'Accept only tokens whose `aud` claim names this audience (a token without `aud` is refused too, 401). Needs a key. Default: `aud` is not checked' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l jwt-issuer -d 'Accept only tokens whose `iss` claim is this issuer (a token without `iss` is refused too, 401). Needs a key. Default: `iss` is not checked' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l room-policy -d 'Who may join a room with auth on: `claims` (a join needs a `rooms`/`rooms_read` claim in the connection\'s token, or a room token on the join; others are refused `forbidden`) or `open` (any connection joins any room). With auth off rooms are always open' -r -f -a "claims\t''
+open\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l allowed-origin -d 'Origin allowed to open sockets (repeatable, or comma-separated in the variable), e.g. https://app.example.com or https://*.example.com. Others get 403; requests without an Origin header (non-browser clients) are allowed. Default: any origin' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l max-connections -d 'Connections this node accepts; past it, 503 before the upgrade (0 = no cap)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l max-conns-per-user -d 'Connections one user may hold on this node; past it, 429 (0 = no cap)' -r
@@ -285,9 +287,13 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l private-key -d 'PE
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l algorithm -d 'Algorithm for --private-key (default: RS256 for RSA, ES256 for EC)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l audience -d '`aud` claim to write, for a node run with --jwt-audience (the same variable)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l issuer -d '`iss` claim to write, for a node run with --jwt-issuer (the same variable)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l rooms -d 'A room pattern the connection may join, receive from and send to (`rooms` claim; an exact name or a prefix ending in `*`). Repeatable' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l rooms-read -d 'A room pattern the connection may join and receive from only (`rooms_read`). Repeatable' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l room -d 'Mint a room token instead: it grants this one room to --user (a join\'s `"token"`)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l log-format -d 'Log format on stderr: human-readable text, or one JSON object per line for log shippers. Verbosity comes from RUST_LOG (e.g. RUST_LOG=wsctl=debug)' -r -f -a "text\t''
 json\t''"
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l threads -d 'Runtime worker threads (default: one per CPU). 1 runs everything on one thread with no cross-thread wake-ups: the cheapest per message when several processes share few cores. `wsctl load` also runs as many connection loops (one thread each), which carry the traffic of the connections split among them' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l read-only -d 'With --room: the room token grants receiving only'
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -l json -d 'Print {"token":..,"user":..,"expires_at":..} instead of the bare token'
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -s h -l help -d 'Print help'
 complete -c wsctl -n "__fish_wsctl_using_subcommand token" -s V -l version -d 'Print version'

@@ -9,7 +9,8 @@
 //! - [`redis`]: connecting to Redis the same way for every subcommand.
 //! - [`routes`]: the route-table keys, TTLs and node lease shared by `serve` and `routes`, and
 //!   [`routes::admin`], the SCAN-based walks and purge behind `wsctl routes`.
-//! - [`rooms`]: this node's room members, with the caps on rooms and members.
+//! - [`rooms`]: this node's room members, with the caps on rooms and members;
+//!   [`room_access`]: who may join and send (token grants, the room policy).
 //! - [`server`]: the axum router, sessions (reader + writer task) and drain.
 //! - [`metrics`]: a node's instrumentation and exporters: registry, `/metrics`, CloudWatch push.
 //! - [`tail`]: the readers behind `wsctl metrics tail`: Prometheus scrape, CloudWatch queries,
@@ -25,6 +26,7 @@ pub mod load;
 pub mod metrics;
 pub mod protocol;
 pub mod redis;
+pub mod room_access;
 pub mod rooms;
 pub mod routes;
 pub mod server;

@@ -35,6 +35,8 @@ pub const TYPE_RECOVERY: &str = "recovery";
 pub const TYPE_ACK: &str = "ack";
 /// Server answer to a bad or failed client frame.
 pub const TYPE_ERROR: &str = "error";
+/// `{"type":"left","room":..,"reason":..}`: the node took this connection out of a room.
+pub const TYPE_LEFT: &str = "left";
 
 /// WebSocket close codes used by the server (spec Part B).
 pub mod close {
@@ -103,6 +105,8 @@ pub enum ErrorCode {
     RateLimited,
     /// An `idem` key that is empty, too long or has control characters.
     BadIdem,
+    /// A join (or a room message) this connection's grants do not allow.
+    Forbidden,
     /// The node dropped messages from other nodes (its subscriber fell behind Redis); some may
     /// have been for this connection. Without history there is nothing to resume from.
     MessagesLost,
@@ -132,6 +136,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::MessagesLost => "messages_lost",
             ErrorCode::BadIdem => "bad_idem",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -170,6 +175,8 @@ pub struct ClientFrame<'a> {
     pub room: Option<Cow<'a, str>>,
     /// `idem`: the client's idempotency key for a chat_message (see [`check_idem_key`]).
     pub idem: Option<Cow<'a, str>>,
+    /// `token`: a room token on a `join`.
+    pub token: Option<Cow<'a, str>>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for ClientFrame<'a> {
@@ -193,6 +200,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for ClientFrame<'a> {
                         "payload" => frame.payload = Some(map.next_value()?),
                         "room" => frame.room = map.next_value::<Option<CowStr<'de>>>()?.map(|v| v.0),
                         "idem" => frame.idem = map.next_value::<Option<CowStr<'de>>>()?.map(|v| v.0),
+                        "token" => frame.token = map.next_value::<Option<CowStr<'de>>>()?.map(|v| v.0),
                         k if k.eq_ignore_ascii_case("receiverid") => {
                             frame.receiver = map.next_value::<Option<CowStr<'de>>>()?.map(|v| v.0);
                         }
@@ -507,6 +515,22 @@ pub fn encode_error(id: Option<&RawValue>, err: &FrameError) -> Frame {
         ("code", Json::Str(err.code.as_str())),
         ("message", Json::Str(&err.message)),
     ])
+}
+
+/// `{"type":"error","id":..,"code":..,"message":..,"room":..}`: a refused room frame.
+pub fn encode_room_error(id: Option<&RawValue>, room: &str, err: &FrameError) -> Frame {
+    write_object(&[
+        ("type", Json::Str(TYPE_ERROR)),
+        ("id", id.map_or(Json::Absent, |id| Json::Raw(id.get()))),
+        ("code", Json::Str(err.code.as_str())),
+        ("message", Json::Str(&err.message)),
+        ("room", Json::Str(room)),
+    ])
+}
+
+/// `{"type":"left","room":..,"reason":..}`: the node removed the connection from `room`.
+pub fn encode_left(room: &str, reason: &str) -> Frame {
+    write_object(&[("type", Json::Str(TYPE_LEFT)), ("room", Json::Str(room)), ("reason", Json::Str(reason))])
 }
 
 /// The fields a node needs from an envelope that arrived from the broker: whom it is for, when

@@ -45,9 +45,12 @@ pub enum RoomError {
 /// Whether `name` is a valid room name: 1..=[`MAX_ROOM_NAME`] bytes of `[A-Za-z0-9_.:@-]`.
 /// The charset keeps names safe in channel names, keys, URLs and logs without escaping.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_ROOM_NAME
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'))
+    !name.is_empty() && name.len() <= MAX_ROOM_NAME && name.bytes().all(is_name_byte)
+}
+
+/// Whether `b` may stand in a room name: `[A-Za-z0-9_.:@-]`.
+pub fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-')
 }
 
 /// The caps, [`MAX_ROOMS_PER_CONN`] and [`MAX_ROOM_MEMBERS`] by default (tests lower them).

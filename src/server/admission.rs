@@ -23,6 +23,7 @@ use super::auth::{Authenticator, TokenError, TOKEN_PARAM};
 use super::http::HttpLimits;
 use super::ratelimit::RateLimit;
 use crate::protocol::{self, UserIdError};
+use crate::room_access::{Grants, RoomPolicy};
 
 /// Default `--max-connections`: about 870 MB of RSS at the idle cost measured by
 /// scripts/bench-idle-rss (8.9 KiB per connection), well within a raised open-file limit; busy
@@ -76,6 +77,8 @@ pub struct SecurityConfig {
     pub caps: Caps,
     pub rate: RateLimit,
     pub http: HttpLimits,
+    /// Who may join which room with auth on (`--room-policy`); with auth off rooms are open.
+    pub room_policy: RoomPolicy,
 }
 
 /// Why a connection was refused before the upgrade.
@@ -136,12 +139,7 @@ impl Refusal {
             Refusal::BadUserId(UserIdError::TooLong) => "userId too long (at most 256 bytes)",
             Refusal::BadUserId(UserIdError::Empty) => "missing userId",
             Refusal::BadUserId(UserIdError::Control) => "userId contains control characters",
-            Refusal::Token(TokenError::Missing) => "missing token",
-            Refusal::Token(TokenError::Invalid) => "invalid token",
-            Refusal::Token(TokenError::Expired) => "token expired",
-            Refusal::Token(TokenError::NotYetValid) => "token not yet valid",
-            Refusal::Token(TokenError::Audience) => "token audience not accepted",
-            Refusal::Token(TokenError::Issuer) => "token issuer not accepted",
+            Refusal::Token(e) => e.as_str(),
             Refusal::UserMismatch => "userId does not match the token",
             Refusal::Origin => "origin not allowed",
             Refusal::NodeFull => "node full, try another",
@@ -168,6 +166,8 @@ pub struct Checked {
     pub user: String,
     /// When the token stops being valid (auth on): the connection is closed then with 1008.
     pub expires_at: Option<SystemTime>,
+    /// The token's room grants; None with auth off (no identity to check: rooms are open).
+    pub grants: Option<Grants>,
 }
 
 /// Origin and identity, in that order (a page that may not connect learns nothing about its
@@ -187,7 +187,7 @@ pub fn check(config: &SecurityConfig, headers: &HeaderMap, params: &HashMap<Stri
     let Some(auth) = &config.auth else {
         let user = claimed.ok_or(Refusal::MissingUser)?;
         protocol::check_user_id(user).map_err(Refusal::BadUserId)?;
-        return Ok(Checked { user: user.to_owned(), expires_at: None });
+        return Ok(Checked { user: user.to_owned(), expires_at: None, grants: None });
     };
     let (token, _) =
         super::auth::find_token(headers, params.get(TOKEN_PARAM).map(String::as_str)).ok_or(Refusal::Token(TokenError::Missing))?;
@@ -197,7 +197,7 @@ pub fn check(config: &SecurityConfig, headers: &HeaderMap, params: &HashMap<Stri
     if claimed.is_some_and(|c| c != id.user) {
         return Err(Refusal::UserMismatch);
     }
-    Ok(Checked { user: id.user, expires_at: Some(id.expires_at) })
+    Ok(Checked { user: id.user, expires_at: Some(id.expires_at), grants: Some(id.grants) })
 }
 
 /// An allowed origin: `scheme://host[:port]`, where the host may start with `*.` (any subdomain

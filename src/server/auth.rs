@@ -23,6 +23,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::hub::{CloseReason, SessionCtl};
+use crate::room_access::{Access, Grants};
 
 /// Clock skew allowed between the token issuer and this node, on `exp` and `nbf` alike. Fleet
 /// clocks under NTP agree within milliseconds; the issuer may be another system, so allow a few
@@ -89,11 +90,43 @@ pub enum TokenError {
     Issuer,
 }
 
+impl TokenError {
+    /// A short description, as in the handshake's 401 body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenError::Missing => "missing token",
+            TokenError::Invalid => "invalid token",
+            TokenError::Expired => "token expired",
+            TokenError::NotYetValid => "token not yet valid",
+            TokenError::Audience => "token audience not accepted",
+            TokenError::Issuer => "token issuer not accepted",
+        }
+    }
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Who a valid token says the client is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user: String,
     /// When the token stops being valid (`exp` plus the leeway): the connection closes then.
+    pub expires_at: SystemTime,
+    /// The rooms it may join (its `rooms` and `rooms_read` claims).
+    pub grants: Grants,
+}
+
+/// What a valid room token (a join's `"token"`) grants: one room to one user, until it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomGrant {
+    pub user: String,
+    pub room: String,
+    pub access: Access,
+    /// `exp` plus the leeway: the connection leaves the room then.
     pub expires_at: SystemTime,
 }
 
@@ -110,6 +143,18 @@ pub struct Claims {
     pub aud: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// Room patterns the connection may join, receive from and send to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<String>,
+    /// Room patterns the connection may join and receive from only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms_read: Vec<String>,
+    /// A room token's one room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// A room token that grants receiving only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// What `verify` reads from a token (jsonwebtoken checks the other claims on its own parse, so
@@ -118,6 +163,29 @@ pub struct Claims {
 struct Verified {
     sub: String,
     exp: u64,
+    #[serde(default)]
+    rooms: Vec<String>,
+    #[serde(default)]
+    rooms_read: Vec<String>,
+}
+
+/// What `verify_room` reads from a room token.
+#[derive(Deserialize)]
+struct VerifiedRoom {
+    sub: String,
+    exp: u64,
+    room: String,
+    #[serde(default)]
+    read_only: bool,
+}
+
+/// The room claims a minted token carries (all empty: none).
+#[derive(Debug, Clone, Default)]
+pub struct RoomClaims {
+    pub rooms: Vec<String>,
+    pub rooms_read: Vec<String>,
+    pub room: Option<String>,
+    pub read_only: bool,
 }
 
 /// The key and algorithm a node verifies tokens with.
@@ -226,7 +294,22 @@ impl Authenticator {
 
     /// Checks a token as of `now`: expired from [`expiry_deadline`] on.
     pub fn verify_at(&self, token: &str, now: SystemTime) -> Result<Identity, TokenError> {
-        let data = jsonwebtoken::decode::<Verified>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
+        let c: Verified = self.decode(token)?;
+        let expires_at = valid_until(c.exp, now)?;
+        Ok(Identity { user: c.sub, expires_at, grants: Grants::from_claims(&c.rooms, &c.rooms_read) })
+    }
+
+    /// Checks a room token (a join's `"token"`: `sub`, `room`, `exp`, optional `read_only`),
+    /// signed with the same key and checked by the same rules as a connection's token.
+    pub fn verify_room(&self, token: &str) -> Result<RoomGrant, TokenError> {
+        let c: VerifiedRoom = self.decode(token)?;
+        let expires_at = valid_until(c.exp, SystemTime::now())?;
+        let access = if c.read_only { Access::Read } else { Access::Write };
+        Ok(RoomGrant { user: c.sub, room: c.room, access, expires_at })
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
+        let data = jsonwebtoken::decode::<T>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
             ErrorKind::ImmatureSignature => TokenError::NotYetValid,
             ErrorKind::InvalidAudience => TokenError::Audience,
             ErrorKind::InvalidIssuer => TokenError::Issuer,
@@ -234,12 +317,17 @@ impl Authenticator {
             ErrorKind::MissingRequiredClaim(c) if c == "iss" => TokenError::Issuer,
             _ => TokenError::Invalid,
         })?;
-        let expires_at = expiry_deadline(data.claims.exp);
-        if now >= expires_at {
-            return Err(TokenError::Expired);
-        }
-        Ok(Identity { user: data.claims.sub, expires_at })
+        Ok(data.claims)
     }
+}
+
+/// A token's deadline ([`expiry_deadline`]), or `Expired` when `now` is past it.
+fn valid_until(exp: u64, now: SystemTime) -> Result<SystemTime, TokenError> {
+    let at = expiry_deadline(exp);
+    if now >= at {
+        return Err(TokenError::Expired);
+    }
+    Ok(at)
 }
 
 /// Closes the session with 1008 ("token expired") once its token is no longer valid, unless it
@@ -333,9 +421,26 @@ impl Minter {
 
     /// A token for `user` valid for `ttl` from now; returns it with its `exp`.
     pub fn mint(&self, user: &str, ttl: Duration) -> Result<(String, SystemTime), AuthError> {
+        self.mint_with(user, ttl, RoomClaims::default())
+    }
+
+    /// [`Minter::mint`] with room claims: grants for a connection's token, or the one room of a
+    /// room token.
+    pub fn mint_with(&self, user: &str, ttl: Duration, r: RoomClaims) -> Result<(String, SystemTime), AuthError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let exp = now.saturating_add(ttl.as_secs().max(1)).min(MAX_EXP);
-        let claims = Claims { sub: user.to_owned(), exp, iat: Some(now), nbf: None, aud: self.audience.clone(), iss: self.issuer.clone() };
+        let claims = Claims {
+            sub: user.to_owned(),
+            exp,
+            iat: Some(now),
+            nbf: None,
+            aud: self.audience.clone(),
+            iss: self.issuer.clone(),
+            rooms: r.rooms,
+            rooms_read: r.rooms_read,
+            room: r.room,
+            read_only: r.read_only,
+        };
         let token = jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.key).map_err(AuthError::Sign)?;
         Ok((token, UNIX_EPOCH + Duration::from_secs(exp)))
     }

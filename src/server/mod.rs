@@ -339,8 +339,8 @@ pub async fn serve_with_metrics(
 /// One line an operator notices: auth off is a WARN.
 fn log_security(s: &admission::SecurityConfig) {
     match &s.auth {
-        Some(a) => info!(algorithm = ?a.algorithm(), audience = ?a.audience(), issuer = ?a.issuer(), "auth: on (JWT, user = sub)"),
-        None => warn!("auth: OFF — any client can connect as any user; set JWT_SECRET or --jwt-public-key"),
+        Some(a) => info!(algorithm = ?a.algorithm(), audience = ?a.audience(), issuer = ?a.issuer(), rooms = ?s.room_policy, "auth: on (JWT, user = sub)"),
+        None => warn!("auth: OFF — any client can connect as any user, and join any room; set JWT_SECRET or --jwt-public-key"),
     }
     let origins: Vec<String> = s.origins.iter().map(|o| format!("{o:?}")).collect();
     info!(
@@ -437,7 +437,7 @@ async fn ws_handler(
     // Registered before the 101 goes out: a client that sees its upgrade is already routable
     // (unless Redis did not answer within the broker's bound; it is then registered when Redis
     // answers, see `broker::Registered::Later`).
-    let reg = session::Registration::new(node.clone(), user, conn, outbox);
+    let reg = session::Registration::new(node.clone(), user, conn, outbox, checked.grants);
     let routable = reg.register().await == crate::broker::Registered::Yes;
     let token = node.sessions.token();
     let l = &node.limits;

@@ -4,6 +4,7 @@
 //! [`resume`] replays history at the start of a resumed connection, [`rooms`] handles room
 //! frames.
 
+mod gate;
 mod reader;
 mod resume;
 mod rooms;
@@ -40,12 +41,16 @@ pub(crate) struct Registration {
     user: Arc<str>,
     conn: Uuid,
     outbox: Outbox,
+    /// Which rooms it may join and send to.
+    gate: Arc<gate::RoomGate>,
     released: bool,
 }
 
 impl Registration {
-    pub(crate) fn new(node: Arc<Node>, user: Arc<str>, conn: Uuid, outbox: Outbox) -> Self {
-        Registration { node, user, conn, outbox, released: false }
+    /// `grants`: the token's room grants (None: auth off).
+    pub(crate) fn new(node: Arc<Node>, user: Arc<str>, conn: Uuid, outbox: Outbox, grants: Option<crate::room_access::Grants>) -> Self {
+        let gate = Arc::new(gate::RoomGate::new(grants, node.security.room_policy));
+        Registration { node, user, conn, outbox, gate, released: false }
     }
 
     /// Adds the connection to the hub and waits (bounded) until the route table has the user, so

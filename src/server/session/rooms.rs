@@ -1,6 +1,8 @@
-//! A session's room frames: join, leave and room_message. Local members are served straight from
-//! [`crate::rooms::Rooms`] (never through Redis); the broker carries the message to the other
-//! nodes with members, and the session answers once it knows where it went.
+//! A session's room frames: join, leave and room_message. A join must pass the connection's
+//! [`RoomGate`](super::gate::RoomGate) (refused `forbidden`, with the room, and nothing of the
+//! room reaches the connection). Local members are served straight from [`crate::rooms::Rooms`]
+//! (unless an idempotency key sends them through Redis); the broker carries the message to the
+//! other nodes with members, and the session answers once it knows where it went.
 
 use super::reader::{Answer, InFlight};
 use super::Registration;
@@ -22,8 +24,16 @@ pub(super) fn handle(reg: &Registration, frame: ClientFrame<'_>) -> Option<InFli
     };
     match frame.kind.as_ref() {
         protocol::TYPE_JOIN => {
+            let admitted = match reg.gate.admit(node, &reg.user, room, frame.token.as_deref()) {
+                Ok(a) => a,
+                Err(e) => return refuse(reg, id, room, &e),
+            };
             if let Err(e) = node.rooms.join(room, reg.conn, &reg.outbox) {
                 return fail(e);
+            }
+            if let (Some(n), Some(at)) = (reg.gate.joined(room, admitted), admitted.until) {
+                let (gate, outbox) = (reg.gate.clone(), reg.outbox.clone());
+                node.sessions.spawn(super::gate::leave_at_expiry(node.clone(), gate, outbox, reg.conn, room.to_string(), n, at));
             }
             // Answered once this node receives the room's messages from other nodes.
             let ticket = node.broker.room_joined(room);
@@ -33,6 +43,7 @@ pub(super) fn handle(reg: &Registration, frame: ClientFrame<'_>) -> Option<InFli
             if let Err(e) = node.rooms.leave(room, reg.conn) {
                 return fail(e);
             }
+            reg.gate.left(room);
             if let Some(id) = id {
                 reg.outbox.offer(protocol::encode_ack(id, None), &node.metrics);
             }
@@ -41,6 +52,9 @@ pub(super) fn handle(reg: &Registration, frame: ClientFrame<'_>) -> Option<InFli
         _ => {
             if !node.rooms.is_member(room, reg.conn) {
                 return fail(RoomError::NotMember);
+            }
+            if let Err(e) = reg.gate.may_send(room) {
+                return refuse(reg, id, room, &e);
             }
             let idem = match frame.idem.as_deref().map(protocol::check_idem_key) {
                 Some(Err(e)) => {
@@ -57,6 +71,13 @@ pub(super) fn handle(reg: &Registration, frame: ClientFrame<'_>) -> Option<InFli
             Some(InFlight { id: id.map(ToOwned::to_owned), local: started.local, ticket: started.ticket, answer: Answer::Room })
         }
     }
+}
+
+/// Answers a frame the gate refused: `forbidden`, naming the room.
+fn refuse(reg: &Registration, id: Option<&serde_json::value::RawValue>, room: &str, err: &FrameError) -> Option<InFlight> {
+    reg.node.metrics.bad_frames.inc();
+    reg.outbox.offer(protocol::encode_room_error(id, room, err), &reg.node.metrics);
+    None
 }
 
 /// The wire error for a refused room operation.
