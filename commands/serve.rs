@@ -66,6 +66,14 @@ pub struct ServeArgs {
     /// delivered twice.
     #[arg(long, env = "WSS_IDEM_WINDOW", default_value = "2m", value_parser = parse_duration)]
     pub idem_window: Duration,
+    /// Ask this backend (an http:// URL) about joins that no grant allows (auth on, room policy
+    /// `claims`): it is POSTed {"user","room","client_ip"} and answers 200 {"allow":true,
+    /// "read_only":false} or 403. A timeout, an error or garbage refuses the join (`unavailable`).
+    #[arg(long, env = "WSS_JOIN_PROXY", help_heading = "Backend")]
+    pub join_proxy: Option<String>,
+    /// Bound of every call to the backend (the join proxy).
+    #[arg(long, env = "WSS_PROXY_TIMEOUT", default_value = "1s", value_parser = parse_duration, help_heading = "Backend")]
+    pub proxy_timeout: Duration,
     /// Largest frame a client may send, bytes (larger: error `too_large`, close 1009).
     #[arg(long, env = "WSS_MAX_FRAME", default_value_t = server::MAX_FRAME)]
     pub max_frame: usize,
@@ -115,6 +123,12 @@ impl ServeArgs {
         if self.cloudwatch && self.cloudwatch_namespace.trim().is_empty() {
             anyhow::bail!("--cloudwatch-namespace must not be empty");
         }
+        if let Some(url) = self.join_proxy.as_deref().filter(|u| !u.is_empty()) {
+            wsctl::hooks::HookClient::new(url, self.proxy_timeout).map_err(|e| anyhow::anyhow!("--join-proxy / --proxy-timeout: {e}"))?;
+            if self.security.jwt_secret.is_none() && self.security.jwt_public_key.is_none() {
+                anyhow::bail!("--join-proxy decides joins by user, so it needs auth on: set JWT_SECRET or --jwt-public-key (with auth off every room is open)");
+            }
+        }
         let limits = Limits {
             send_queue: self.send_queue,
             send_queue_bytes: self.send_queue_bytes,
@@ -136,6 +150,8 @@ impl ServeArgs {
             api_key: self.api_key.clone().filter(|k| !k.is_empty()),
             security: self.security.config()?,
             history: self.history.then_some(HistoryConfig { size: self.history_size, ttl: self.history_ttl }),
+            join_proxy: self.join_proxy.clone().filter(|u| !u.is_empty()),
+            proxy_timeout: self.proxy_timeout,
         })
     }
 }

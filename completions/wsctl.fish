@@ -66,6 +66,8 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l send-queue-bytes -
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l history-size -d 'Messages kept per user (the newest), 1 to 10000' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l history-ttl -d 'A user\'s history expires this long after its last message' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l idem-window -d 'How long a sender\'s idempotency key (`"idem"` on chat_message, `"idempotency_key"` on the API) is remembered: a retry with the same key within it is answered `duplicate` and never delivered twice' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l join-proxy -d 'Ask this backend (an http:// URL) about joins that no grant allows (auth on, room policy `claims`): it is POSTed {"user","room","client_ip"} and answers 200 {"allow":true, "read_only":false} or 403. A timeout, an error or garbage refuses the join (`unavailable`)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l proxy-timeout -d 'Bound of every call to the backend (the join proxy)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l max-frame -d 'Largest frame a client may send, bytes (larger: error `too_large`, close 1009)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l ping-interval -d 'Interval between server pings' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l idle-timeout -d 'Close a connection silent (no frame, pong or heartbeat) for this long (1001)' -r

@@ -11,6 +11,7 @@
 //!   [`routes::admin`], the SCAN-based walks and purge behind `wsctl routes`.
 //! - [`rooms`]: this node's room members, with the caps on rooms and members;
 //!   [`room_access`]: who may join and send (token grants, the room policy).
+//! - [`hooks`]: calls to the app's backend (the join proxy), bounded and failing closed.
 //! - [`server`]: the axum router, sessions (reader + writer task) and drain.
 //! - [`metrics`]: a node's instrumentation and exporters: registry, `/metrics`, CloudWatch push.
 //! - [`tail`]: the readers behind `wsctl metrics tail`: Prometheus scrape, CloudWatch queries,
@@ -21,6 +22,7 @@
 pub mod broker;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod hooks;
 pub mod hub;
 pub mod load;
 pub mod metrics;

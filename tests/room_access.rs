@@ -187,3 +187,96 @@ async fn wsctl_token_mints_room_tokens_and_grants() {
     assert_eq!(bad.status.code(), Some(2), "a bad room name is a usage error");
     a.stop().await;
 }
+
+/// A real HTTP backend for the join proxy: answers by the room's prefix (`allow:`, `ro:`,
+/// `deny:`, `no:`, `slow:`, `garbage:`), and records what it was asked.
+async fn backend() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<Value>>>) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::{Response, StatusCode};
+    let asked: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let seen = seen.clone();
+                async move {
+                    let body: Value = serde_json::from_slice(&req.into_body().collect().await.unwrap().to_bytes()).unwrap();
+                    let room = body["room"].as_str().unwrap_or_default().to_string();
+                    seen.lock().unwrap().push(body);
+                    let (status, text) = match room.split(':').next().unwrap_or_default() {
+                        "allow" => (StatusCode::OK, r#"{"allow":true}"#),
+                        "ro" => (StatusCode::OK, r#"{"allow":true,"read_only":true}"#),
+                        "no" => (StatusCode::OK, r#"{"allow":false}"#),
+                        "deny" => (StatusCode::FORBIDDEN, r#"{"code":"nope"}"#),
+                        "slow" => {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            (StatusCode::OK, r#"{"allow":true}"#)
+                        }
+                        _ => (StatusCode::OK, "not json"),
+                    };
+                    Ok::<_, std::convert::Infallible>(Response::builder().status(status).body(Full::new(bytes::Bytes::from(text))).unwrap())
+                }
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        }
+    });
+    (addr, asked)
+}
+
+async fn proxied_node(id: &str, redis: Option<RedisConfig>, proxy: String) -> TestNode {
+    let config = ServerConfig {
+        redis,
+        limits: test_limits(),
+        security: security(RoomPolicy::Claims),
+        join_proxy: Some(proxy),
+        proxy_timeout: Duration::from_millis(500),
+        ..ServerConfig::embedded(id)
+    };
+    TestNode::start_config(config).await
+}
+
+/// The join proxy decides joins no grant allows: allow, read-only, deny (403 or allow:false);
+/// slow, garbage and down are refusals (`unavailable`), never an allow. A grant still needs no
+/// call. Across two nodes on Redis: an allowed member hears the other node's messages.
+#[tokio::test]
+async fn the_join_proxy_decides_and_fails_closed() {
+    let redis = RedisServer::start();
+    let (addr, asked) = backend().await;
+    let a = proxied_node("acl-a", Some(redis.config()), format!("http://{addr}/join")).await;
+    let b = node("acl-b", Some(redis.config()), RoomPolicy::Open).await;
+    let mut bob = connect(&a, "bob", grants(&["granted"], &[])).await;
+    assert_eq!(join(&mut bob, "granted", None).await["type"], "ack");
+    assert!(asked.lock().unwrap().is_empty(), "a grant needs no call");
+    assert_eq!(join(&mut bob, "allow:1", None).await["type"], "ack");
+    assert_eq!(asked.lock().unwrap()[0], json!({"user":"bob","room":"allow:1","client_ip":"127.0.0.1"}));
+    let mut carol = connect(&b, "carol", RoomClaims::default()).await;
+    assert_eq!(join(&mut carol, "allow:1", None).await["type"], "ack");
+    carol.send(json!({"type":"room_message","room":"allow:1","payload":"across"})).await;
+    assert_eq!(bob.recv().await["payload"], "across");
+    assert_eq!(join(&mut bob, "ro:1", None).await["type"], "ack");
+    bob.send(json!({"type":"room_message","room":"ro:1","payload":1,"id":"w"})).await;
+    assert_eq!(bob.recv().await["code"], "forbidden");
+    for room in ["deny:1", "no:1"] {
+        let answer = join(&mut bob, room, None).await;
+        assert!(is_forbidden(&answer, room), "{answer}");
+    }
+    for room in ["slow:1", "garbage:1"] {
+        let answer = join(&mut bob, room, None).await;
+        assert_eq!((answer["code"].as_str(), answer["room"].as_str()), (Some("unavailable"), Some(room)), "{answer}");
+    }
+    carol.send(json!({"type":"join","room":"slow:1","id":"c"})).await;
+    assert_eq!(carol.recv_ack().await["id"], "c");
+    carol.send(json!({"type":"room_message","room":"slow:1","payload":"no"})).await;
+    bob.expect_silence(Duration::from_millis(300)).await;
+    // The backend down: refused, not allowed.
+    let down = proxied_node("acl-c", None, format!("http://127.0.0.1:{}/join", free_port())).await;
+    let mut dave = connect(&down, "dave", RoomClaims::default()).await;
+    let answer = join(&mut dave, "allow:2", None).await;
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+    for n in [a, b, down] {
+        n.stop().await;
+    }
+}

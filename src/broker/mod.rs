@@ -21,7 +21,7 @@ use crate::protocol::Frame;
 
 pub use memory::{MemoryBroker, MAX_LOCAL_IDEM};
 pub use redis::{
-    room_channel, room_members_key, BrokerError, LookupError, NodeInfo, RedisBroker, LOOKUP_TIMEOUT, PUBLISH_QUEUE,
+    JOIN_DEADLINE, room_channel, room_members_key, BrokerError, LookupError, NodeInfo, RedisBroker, LOOKUP_TIMEOUT, PUBLISH_QUEUE,
     REPLAY_DEADLINE, REPLAY_MAX, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_PUBLISH_QUEUE, ROUTE_QUEUE,
 };
 

@@ -188,6 +188,10 @@ pub struct ServerConfig {
     /// Keep every message to a user in its history in Redis, with offsets, for resumes
     /// (`--history`). Needs Redis.
     pub history: Option<HistoryConfig>,
+    /// The backend asked about joins that no grant allows (`--join-proxy`, an http:// URL).
+    pub join_proxy: Option<String>,
+    /// Bound of every call to the backend (`--proxy-timeout`).
+    pub proxy_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -202,6 +206,8 @@ impl ServerConfig {
             security: Default::default(),
             api_key: None,
             history: None,
+            join_proxy: None,
+            proxy_timeout: crate::hooks::DEFAULT_PROXY_TIMEOUT,
         }
     }
 }
@@ -220,6 +226,8 @@ pub enum ServerError {
     HistorySize(usize),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error("--join-proxy: {0}")]
+    JoinProxy(#[from] crate::hooks::HookConfigError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -238,6 +246,8 @@ pub(crate) struct Node {
     pub(crate) draining: AtomicBool,
     pub(crate) security: admission::SecurityConfig,
     pub(crate) admission: Arc<admission::Admission>,
+    /// The backend that decides joins no grant allows.
+    pub(crate) join_proxy: Option<crate::hooks::HookClient>,
 }
 
 /// Runs a node on `listener` until `shutdown` is cancelled, then drains: stop accepting, close
@@ -267,6 +277,7 @@ pub async fn serve_with_metrics(
             return Err(ServerError::HistorySize(h.size));
         }
     }
+    let join_proxy = config.join_proxy.as_deref().map(|u| crate::hooks::HookClient::new(u, config.proxy_timeout)).transpose()?;
     let local: SocketAddr = listener.local_addr()?;
     let address = config.advertise.clone().unwrap_or_else(|| local.to_string());
     let hub = Arc::new(Hub::new(metrics.clone()));
@@ -300,6 +311,7 @@ pub async fn serve_with_metrics(
         draining: AtomicBool::new(false),
         admission: admission::Admission::new(config.security.caps),
         security: config.security.clone(),
+        join_proxy,
     });
     let l = &node.limits;
     info!(
@@ -437,7 +449,7 @@ async fn ws_handler(
     // Registered before the 101 goes out: a client that sees its upgrade is already routable
     // (unless Redis did not answer within the broker's bound; it is then registered when Redis
     // answers, see `broker::Registered::Later`).
-    let reg = session::Registration::new(node.clone(), user, conn, outbox, checked.grants);
+    let reg = session::Registration::new(node.clone(), user, conn, outbox, checked.grants, peer.ip());
     let routable = reg.register().await == crate::broker::Registered::Yes;
     let token = node.sessions.token();
     let l = &node.limits;

@@ -47,9 +47,9 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
-    /// `grants`: the token's room grants (None: auth off).
-    pub(crate) fn new(node: Arc<Node>, user: Arc<str>, conn: Uuid, outbox: Outbox, grants: Option<crate::room_access::Grants>) -> Self {
-        let gate = Arc::new(gate::RoomGate::new(grants, node.security.room_policy));
+    /// `grants`: the token's room grants (None: auth off); `ip`: the client's, for the join proxy.
+    pub(crate) fn new(node: Arc<Node>, user: Arc<str>, conn: Uuid, outbox: Outbox, grants: Option<crate::room_access::Grants>, ip: std::net::IpAddr) -> Self {
+        let gate = Arc::new(gate::RoomGate::new(grants, node.security.room_policy, ip));
         Registration { node, user, conn, outbox, gate, released: false }
     }
 

@@ -55,7 +55,7 @@ use writer::{RouteOp, RouteWriter};
 pub use lookup::{LookupError, LOOKUP_TIMEOUT};
 pub use history::{REPLAY_DEADLINE, REPLAY_MAX};
 pub use publisher::PUBLISH_QUEUE;
-pub use rooms::{room_channel, room_members_key, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_PUBLISH_QUEUE};
+pub use rooms::{JOIN_DEADLINE, room_channel, room_members_key, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_PUBLISH_QUEUE};
 pub use writer::ROUTE_QUEUE;
 pub(crate) use subscriber::inbound;
 

@@ -1,6 +1,6 @@
 //! A connection's room permissions: whether a join is allowed (the token's `rooms` and
-//! `rooms_read` claims, a room token on the join, or an open policy), which rooms it joined
-//! read-only, and the expiry of the rooms it joined by room token.
+//! `rooms_read` claims, a room token on the join, the join proxy's answer, or an open policy),
+//! which rooms it joined read-only, and the expiry of the rooms it joined by room token.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,11 +23,22 @@ pub(crate) struct Admitted {
     pub(crate) until: Option<SystemTime>,
 }
 
+/// What the gate says of a join.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    Admit(Admitted),
+    Refuse(FrameError),
+    /// No grant, no room token: the join proxy decides.
+    AskProxy,
+}
+
 /// One connection's room permissions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct RoomGate {
     /// None: every room is open (auth off, or `--room-policy open`).
     grants: Option<Grants>,
+    /// The client's address, told to the join proxy.
+    pub(crate) ip: std::net::IpAddr,
     state: Mutex<GateState>,
     next: AtomicU64,
 }
@@ -41,25 +52,26 @@ struct GateState {
 
 impl RoomGate {
     /// The gate of a connection with `grants` (None: auth off) under `policy`.
-    pub(crate) fn new(grants: Option<Grants>, policy: RoomPolicy) -> Self {
-        RoomGate { grants: grants.filter(|_| policy == RoomPolicy::Claims), ..Default::default() }
+    pub(crate) fn new(grants: Option<Grants>, policy: RoomPolicy, ip: std::net::IpAddr) -> Self {
+        RoomGate { grants: grants.filter(|_| policy == RoomPolicy::Claims), ip, state: Mutex::default(), next: AtomicU64::new(0) }
     }
 
-    /// Whether `user` may join `room`: a grant, else the join's room token, else refused
-    /// `forbidden`.
-    pub(crate) fn admit(&self, node: &Node, user: &str, room: &str, token: Option<&str>) -> Result<Admitted, FrameError> {
-        let Some(grants) = &self.grants else { return Ok(Admitted { access: Access::Write, until: None }) };
+    /// Whether `user` may join `room`: a grant, else the join's room token, else the join proxy
+    /// (when there is one), else refused `forbidden`.
+    pub(crate) fn admit(&self, node: &Node, user: &str, room: &str, token: Option<&str>) -> Decision {
+        let Some(grants) = &self.grants else { return Decision::Admit(Admitted { access: Access::Write, until: None }) };
         if let Some(access) = grants.access(room) {
-            return Ok(Admitted { access, until: None });
+            return Decision::Admit(Admitted { access, until: None });
         }
-        let forbidden = |why: String| FrameError::new(ErrorCode::Forbidden, why);
-        let (Some(token), Some(auth)) = (token, node.security.auth.as_ref()) else {
-            return Err(forbidden("no grant for this room: a `rooms` or `rooms_read` claim, or a room token on the join".into()));
-        };
-        match auth.verify_room(token) {
-            Ok(g) if g.user == user && g.room == room => Ok(Admitted { access: g.access, until: Some(g.expires_at) }),
-            Ok(_) => Err(forbidden("the room token is for another user or room".into())),
-            Err(e) => Err(forbidden(format!("room token: {e}"))),
+        let forbidden = |why: String| Decision::Refuse(FrameError::new(ErrorCode::Forbidden, why));
+        match (token, node.security.auth.as_ref()) {
+            (Some(token), Some(auth)) => match auth.verify_room(token) {
+                Ok(g) if g.user == user && g.room == room => Decision::Admit(Admitted { access: g.access, until: Some(g.expires_at) }),
+                Ok(_) => forbidden("the room token is for another user or room".into()),
+                Err(e) => forbidden(format!("room token: {e}")),
+            },
+            _ if node.join_proxy.is_some() => Decision::AskProxy,
+            _ => forbidden("no grant for this room: a `rooms` or `rooms_read` claim, or a room token on the join".into()),
         }
     }
 
@@ -107,6 +119,34 @@ impl RoomGate {
 
     fn lock(&self) -> MutexGuard<'_, GateState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The join proxy's answer to `{"user":..,"room":..,"client_ip":..}`: 200
+/// `{"allow":true,"read_only":false}` admits, 200 `{"allow":false}` or 403 refuses `forbidden`;
+/// anything else (another status, garbage, a timeout, the backend down or busy) refuses
+/// `unavailable`. Never an allow by default.
+pub(crate) async fn ask_proxy(proxy: &crate::hooks::HookClient, user: &str, room: &str, ip: std::net::IpAddr) -> Result<Admitted, FrameError> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        allow: bool,
+        #[serde(default)]
+        read_only: bool,
+    }
+    let body = serde_json::json!({"user": user, "room": room, "client_ip": ip.to_string()}).to_string().into_bytes();
+    let unavailable = |why: String| FrameError::new(ErrorCode::Unavailable, format!("join proxy: {why}; not joined"));
+    let forbidden = || FrameError::new(ErrorCode::Forbidden, "the join proxy refused this join");
+    match proxy.post(body).await {
+        Ok((200, body)) => match serde_json::from_slice::<Answer>(&body) {
+            Ok(Answer { allow: true, read_only }) => {
+                Ok(Admitted { access: if read_only { Access::Read } else { Access::Write }, until: None })
+            }
+            Ok(_) => Err(forbidden()),
+            Err(_) => Err(unavailable("its answer is not {\"allow\":bool}".into())),
+        },
+        Ok((403, _)) => Err(forbidden()),
+        Ok((status, _)) => Err(unavailable(format!("answered {status}"))),
+        Err(e) => Err(unavailable(e.to_string())),
     }
 }
 
