@@ -94,6 +94,11 @@ export interface RequestOptions {
   /** ms from the call to the answer; default `sendTimeout`. */
   timeout?: number;
 }
+export interface JoinOptions extends RequestOptions {
+  /** A room token (from your backend) for a room the connection's JWT grants no access to;
+   *  a function is called again at each rejoin. */
+  token?: string | (() => string | Promise<string>);
+}
 export interface SendOptions extends RequestOptions {
   /** Idempotency key; give the same one to retry a send. Default: a random key. */
   idem?: string;
@@ -153,7 +158,7 @@ export class Client {
   /** Close for good: pending requests reject `disconnected`. */
   close(): void;
   send(to: string, payload: unknown, options?: SendOptions): Promise<SendAck>;
-  join(room: string, options?: RequestOptions): Promise<Record<string, unknown>>;
+  join(room: string, options?: JoinOptions): Promise<Record<string, unknown>>;
   leave(room: string, options?: RequestOptions): Promise<Record<string, unknown>>;
   roomSend(room: string, payload: unknown, options?: SendOptions): Promise<RoomAck>;
   /** Rejects with the node's WsctlError (`unknown_type`) where it has no presence. */

@@ -164,11 +164,17 @@ export class Client {
 
   /**
    * Join a room; resolves on the ack. The room is rejoined (and resumed) after every reconnect.
-   * @param {string} room @param {{timeout?: number}} [opts]
+   * `token`: a room token (or a function returning one) for rooms the connection's JWT grants
+   * no access to; asked again at each rejoin.
+   * @param {string} room @param {{timeout?: number, token?: string | (() => string | Promise<string>)}} [opts]
    */
-  join(room, opts = {}) {
+  async join(room, opts = {}) {
     if (!this._rooms.has(room)) this._rooms.set(room, newPosition());
-    return this._request({ type: "join", room }, opts).then(
+    if (opts.token) this._rooms.get(room).token = opts.token;
+    const frame = { type: "join", room };
+    const token = this._rooms.get(room).token;
+    if (token) frame.token = typeof token === "function" ? await token() : token;
+    return this._request(frame, opts).then(
       (ack) => { const p = this._rooms.get(room); if (p) p.joined = true; return ack; },
       (err) => {
         // `unavailable`: the node keeps the join and retries its subscription; so do we.
@@ -368,12 +374,16 @@ export class Client {
       if (!p.joined || pendingJoins.has(room)) continue;
       const frame = { type: "join", room };
       if (p.epoch) Object.assign(frame, { since: p.offset, epoch: p.epoch });
-      this._writeInternal(frame, (m) => {
+      const token = typeof p.token === "function" ? p.token() : p.token;
+      Promise.resolve(token).then((t) => {
+        if (t) frame.token = t;
+        this._writeInternal(frame, (m) => {
         if (m.type === "error") this._emit("error", new WsctlError(m.code, `rejoin ${room}: ${m.message}`, { room }));
         // No offsets seen in this room: the node keeps no room history, so what the room said
         // while we were away is gone. Say so, as the node does for a user (`history_off`).
         else if (!frame.epoch) this._emit("recovery", { room, complete: false, count: 0, reason: "history_off" });
-      });
+        });
+      }, (e) => this._emit("error", new WsctlError("token", `rejoin ${room}: token() failed: ${e?.message ?? e}`, { room })));
     }
   }
 

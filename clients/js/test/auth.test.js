@@ -91,4 +91,19 @@ describe("auth", { timeout: 60000 }, () => {
     t.diagnostic(`${attempts} handshakes in 3 s`);
     assert.ok(attempts >= 2 && attempts <= 15, `${attempts} handshakes in 3 s`);
   });
+
+  it("rooms: a claim admits, a join without a grant rejects forbidden, a room token from join({token}) admits and rejoins", { timeout: 30000 }, async () => {
+    const carol = client({ urls: [node.url], token: () => mintToken("rm-carol", "1h", ["--rooms", "team:*", "--rooms", "stage"]) });
+    const dave = client({ urls: [node.url], token: () => mintToken("rm-dave") });
+    await Promise.all([carol.connect(), dave.connect()]);
+    await carol.join("team:1");
+    await carol.join("stage");
+    await assert.rejects(dave.join("stage"), (e) => e instanceof WsctlError && e.code === "forbidden");
+    let tokens = 0;
+    await dave.join("stage", { token: () => { tokens++; return mintToken("rm-dave", "1h", ["--room", "stage"]); } });
+    const heard = collect(dave, "room");
+    await carol.roomSend("stage", { seq: 1 });
+    await heard.until(1);
+    assert.equal(tokens, 1);
+  });
 });

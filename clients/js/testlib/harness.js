@@ -107,11 +107,11 @@ export async function stop(proc, signal = "SIGKILL") {
   return proc.exited;
 }
 
-/** A JWT for `user` from `wsctl token` (JWT_SECRET above). */
-export function mintToken(user, ttl = "1h") {
+/** A JWT for `user` from `wsctl token` (JWT_SECRET above); `extra`: more flags (`--rooms`, `--room`). */
+export function mintToken(user, ttl = "1h", extra = []) {
   requireBinary();
   return new Promise((resolve, reject) => {
-    execFile(WSCTL_BIN, ["token", "--user", user, "--ttl", ttl], { env: { ...process.env, JWT_SECRET } }, (err, out) =>
+    execFile(WSCTL_BIN, ["token", "--user", user, "--ttl", ttl, ...extra], { env: { ...process.env, JWT_SECRET } }, (err, out) =>
       err ? reject(err) : resolve(out.trim()));
   });
 }
