@@ -79,6 +79,17 @@ pub enum BrokerError {
     Config(#[from] RedisConfigError),
     #[error("cannot subscribe to {channel}: {source}")]
     Subscribe { channel: String, source: fred::error::Error },
+    /// Another process holds this id's lease: two live nodes with one id would share a channel
+    /// and a route table entry, and each one's drain would remove the other's routes.
+    #[error(
+        "server id {server:?} is in use: another node holds its lease {key} (it expires in {}); \
+         start with another --server-id, or, if that node is gone, wait for the lease to expire \
+         or delete it (`redis-cli DEL {key}`)",
+        expires_in.map_or_else(|| "an unknown time".to_string(), |d| format!("{} s", d.as_secs_f64().ceil() as u64))
+    )]
+    LeaseHeld { server: String, key: String, expires_in: Option<Duration> },
+    #[error("cannot write the lease {key}: {source}")]
+    Lease { key: String, source: fred::error::Error },
 }
 
 /// What a node tells the broker about itself.
@@ -134,6 +145,9 @@ pub struct RedisBroker {
     fence: String,
     /// Stops the refresher (first step of a drain).
     stop_refresh: CancellationToken,
+    /// The refresher's task: a drain waits for it to stop before the writer's `Leave`, so a
+    /// refresh in flight cannot write a route or the lease back after they were removed.
+    refresher: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Stops the broker's other tasks, after the sessions are gone.
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -147,6 +161,14 @@ impl RedisBroker {
     /// Connects, subscribes to this node's channel, writes the lease and starts the tasks.
     pub async fn start(config: RedisConfig, node: NodeInfo) -> Result<Arc<RedisBroker>, BrokerError> {
         let client = config.connect().await?;
+        let started_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let lease = Lease { address: node.address.clone(), version: env!("CARGO_PKG_VERSION").to_string(), started_at, connections: 0 };
+        let cluster = config.is_cluster();
+        let refresher =
+            refresher::Refresher::new(client.clone(), node.server_id.clone(), node.hub.clone(), node.metrics.clone(), lease, cluster);
+        // The lease before anything else (subscribing to the id's channel included), and only if
+        // no live node holds it.
+        refresher.claim_lease().await?;
         let subscriber = config.connect_subscriber().await?;
         let channel = routes::server_channel(&node.server_id);
         let sharded = config.effective_pubsub() == PubsubMode::Sharded;
@@ -181,6 +203,7 @@ impl RedisBroker {
             // No receiverID: never delivered to anyone, recognised by its nonce.
             fence: format!("{{\"type\":\"wsctl_fence\",\"nonce\":\"{}\"}}", uuid::Uuid::new_v4()),
             stop_refresh: CancellationToken::new(),
+            refresher: std::sync::Mutex::new(None),
             stop,
             tracker,
             resubscriber: std::sync::Mutex::new(Some(resubscriber)),
@@ -188,17 +211,11 @@ impl RedisBroker {
             require_lease: node.require_lease,
             config,
         });
-        let started_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let lease = Lease { address: node.address.clone(), version: env!("CARGO_PKG_VERSION").to_string(), started_at, connections: 0 };
-        let cluster = broker.config.is_cluster();
         let writer = RouteWriter::new(client.clone(), node.server_id.clone(), node.hub.clone(), node.metrics.clone(), cluster);
         broker.tracker.spawn(writer.run(routes_rx, broker.stop.clone()));
-        let refresher =
-            refresher::Refresher::new(client.clone(), node.server_id.clone(), node.hub.clone(), node.metrics.clone(), lease, cluster);
-        // The lease before the node accepts anyone.
-        refresher.write_lease().await;
         let refresh_now = refresher.now.clone();
-        broker.tracker.spawn(refresher.run(broker.routes_tx.clone(), broker.stop_refresh.clone()));
+        let refresh_task = broker.tracker.spawn(refresher.run(broker.routes_tx.clone(), broker.stop_refresh.clone()));
+        *broker.refresher.lock().unwrap_or_else(|p| p.into_inner()) = Some(refresh_task);
         let publisher = Publisher::new(client.clone(), &node, sharded, cluster, broker.health.clone());
         broker.tracker.spawn(publisher.run(publish_rx, broker.stop.clone()));
         let receiver = subscriber::Receiver {
@@ -320,6 +337,14 @@ impl RedisBroker {
     pub async fn leave(&self, budget: Duration) {
         let deadline = tokio::time::Instant::now() + budget;
         self.stop_refresh.cancel();
+        // A refresh already sent to Redis would land after the writer's removal and bring routes
+        // (or the lease) back: wait for it to finish first (it stops between chunks).
+        let refresher = self.refresher.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = refresher {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                warn!(server = %self.server_id, "drain: the route refresh did not stop in time");
+            }
+        }
         let (tx, rx) = oneshot::channel();
         let removed = async {
             self.routes_tx.send(RouteOp::Leave(tx)).await.ok()?;

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::routes::{self, Lease};
 
 use super::writer::{write_routes, RouteOp};
+use super::BrokerError;
 
 /// Users per pipeline when re-asserting every route: bounds one pipeline's size and the time it
 /// holds the connection.
@@ -60,17 +61,44 @@ impl Refresher {
                 }
                 _ = now.notified() => {}
             }
-            let ok = self.reassert_all(&writer).await;
+            let ok = self.reassert_all(&writer, &stop).await;
+            if stop.is_cancelled() {
+                return;
+            }
             let wait = if ok { routes::PRESENCE_REFRESH } else { RETRY_INTERVAL };
             next_routes = tokio::time::Instant::now() + wait;
         }
     }
 
-    /// `SET server_alive:<id> <lease JSON> EX 15`.
-    pub(crate) async fn write_lease(&self) -> bool {
+    fn lease_value(&self) -> String {
         let mut lease = self.lease.clone();
         lease.connections = self.hub.connections();
-        let value = serde_json::to_string(&lease).expect("lease serializes");
+        serde_json::to_string(&lease).expect("lease serializes")
+    }
+
+    /// At start: `SET server_alive:<id> <lease JSON> EX 15 NX`. Refused (with the time left on
+    /// the holder's lease) when another node holds the id: it is alive, or died less than
+    /// [`routes::LEASE_TTL`] ago without a drain.
+    pub(crate) async fn claim_lease(&self) -> Result<(), BrokerError> {
+        let key = routes::server_alive_key(&self.server_id);
+        let ttl = Some(Expiration::EX(routes::LEASE_TTL.as_secs() as i64));
+        let set: Option<String> = self
+            .client
+            .set(&key, self.lease_value(), ttl, Some(SetOptions::NX), false)
+            .await
+            .map_err(|source| BrokerError::Lease { key: key.clone(), source })?;
+        if set.is_some() {
+            return Ok(());
+        }
+        // Anything but a positive TTL (the key just expired, or no TTL at all) is "unknown".
+        let pttl: Option<i64> = self.client.pttl(&key).await.ok();
+        let expires_in = pttl.filter(|ms| *ms > 0).map(|ms| Duration::from_millis(ms as u64));
+        Err(BrokerError::LeaseHeld { server: self.server_id.to_string(), key, expires_in })
+    }
+
+    /// `SET server_alive:<id> <lease JSON> EX 15`.
+    pub(crate) async fn write_lease(&self) -> bool {
+        let value = self.lease_value();
         let ttl = Some(Expiration::EX(routes::LEASE_TTL.as_secs() as i64));
         let r: Result<(), _> = self.client.set(routes::server_alive_key(&self.server_id), value, ttl, None, false).await;
         r.map_err(|e| {
@@ -82,10 +110,14 @@ impl Refresher {
 
     /// Re-asserts every route, chunk by chunk, then reconciles. Returns whether every chunk was
     /// written.
-    async fn reassert_all(&mut self, writer: &mpsc::Sender<RouteOp>) -> bool {
+    async fn reassert_all(&mut self, writer: &mpsc::Sender<RouteOp>, stop: &CancellationToken) -> bool {
         let users = self.hub.users();
         let mut ok = self.write_lease().await;
         for chunk in users.chunks(REFRESH_CHUNK) {
+            if stop.is_cancelled() {
+                // A drain: it removes every route itself, once this task has returned.
+                return ok;
+            }
             ok &= self.reassert(chunk).await;
             for u in chunk.iter().filter(|u| !self.hub.contains(u)) {
                 // Left while we wrote it: the writer removes it again (reads the hub then).
