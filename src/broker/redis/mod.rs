@@ -68,6 +68,17 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// proves it sooner; on a Cluster a pipelined route may publish one round trip after reading the
 /// route set.
 const LEAVE_GRACE: Duration = Duration::from_millis(300);
+/// How long Redis may go unanswered before the node reports itself unready (`/ready` 503). A
+/// short stall (a failover, a `CLIENT PAUSE`, a slow fork) ends well within it: every node still
+/// delivers locally and answers remote sends `unavailable`, so pulling the whole fleet out of a
+/// load balancer for it would only turn a blip into an outage. Longer, and balancers keep sending
+/// clients to nodes that cannot reach the rest of the fleet.
+pub const READY_GRACE: Duration = Duration::from_secs(5);
+/// How often the readiness watcher PINGs Redis (one at a time). A stall is counted from the first
+/// PING it left unanswered, so `/ready` turns between [`READY_GRACE`] and this much later.
+pub const READY_PING_INTERVAL: Duration = Duration::from_millis(500);
+/// A readiness PING not answered within this is abandoned (the next one is sent).
+const READY_PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long broker shutdown (stopping tasks, QUIT) may take.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -128,6 +139,49 @@ impl Health {
     }
 }
 
+/// Whether Redis answers, for `/ready`: written by the readiness watcher, read by probes.
+#[derive(Debug)]
+struct Readiness {
+    /// The broker's start: the base of the two times below.
+    base: std::time::Instant,
+    /// Milliseconds after `base` at which the oldest PING still unanswered was sent (0: none).
+    /// Measured from the send, not from the last answer, so a stall counts from when it began
+    /// at the earliest.
+    unanswered_since_ms: std::sync::atomic::AtomicU64,
+    /// Milliseconds after `base` since which the subscriber connection is down (0: it is up).
+    sub_down_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Readiness {
+    fn new() -> Self {
+        Readiness { base: std::time::Instant::now(), unanswered_since_ms: Default::default(), sub_down_ms: Default::default() }
+    }
+    fn now_ms(&self) -> u64 {
+        // max(1): 0 means "none".
+        (self.base.elapsed().as_millis() as u64).max(1)
+    }
+    /// A PING goes out; keeps the time of an older one still unanswered.
+    fn asking(&self) {
+        let _ = self.unanswered_since_ms.compare_exchange(0, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+    }
+    fn answered(&self) {
+        self.unanswered_since_ms.store(0, Ordering::Relaxed);
+    }
+    fn subscriber_up(&self, up: bool) {
+        if up {
+            self.sub_down_ms.store(0, Ordering::Relaxed);
+        } else {
+            let _ = self.sub_down_ms.compare_exchange(0, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+    /// Ready unless a PING has gone unanswered, or the subscriber been down, for [`READY_GRACE`].
+    fn is_ready(&self) -> bool {
+        let now = self.now_ms();
+        let within = |since: u64| since == 0 || now.saturating_sub(since) < READY_GRACE.as_millis() as u64;
+        within(self.unanswered_since_ms.load(Ordering::Relaxed)) && within(self.sub_down_ms.load(Ordering::Relaxed))
+    }
+}
+
 /// The broker of a node in a Redis-backed fleet.
 pub struct RedisBroker {
     config: RedisConfig,
@@ -155,6 +209,7 @@ pub struct RedisBroker {
     resubscriber: std::sync::Mutex<Option<JoinHandle<()>>>,
     rooms: rooms::RoomChannels,
     require_lease: bool,
+    readiness: Arc<Readiness>,
 }
 
 impl RedisBroker {
@@ -209,6 +264,7 @@ impl RedisBroker {
             resubscriber: std::sync::Mutex::new(Some(resubscriber)),
             rooms: room_channels,
             require_lease: node.require_lease,
+            readiness: Arc::new(Readiness::new()),
             config,
         });
         let writer = RouteWriter::new(client.clone(), node.server_id.clone(), node.hub.clone(), node.metrics.clone(), cluster);
@@ -241,6 +297,7 @@ impl RedisBroker {
             health: broker.health.clone(),
         };
         broker.tracker.spawn(watch_connection(watch, broker.stop.clone()));
+        broker.tracker.spawn(watch_readiness(client.clone(), subscriber.clone(), broker.readiness.clone(), broker.stop.clone()));
         Ok(broker)
     }
 
@@ -321,8 +378,11 @@ impl RedisBroker {
         }
     }
 
+    /// Whether `/ready` answers 200: Redis answered a PING within the last [`READY_GRACE`] and
+    /// the subscriber connection has not been down that long. A shorter stall degrades the node
+    /// (remote sends answer `unavailable`) but keeps it in its load balancer.
     pub fn is_ready(&self) -> bool {
-        self.client.is_connected() && self.subscriber.is_connected() && !self.health.is_degraded()
+        self.readiness.is_ready()
     }
 
     pub fn describe(&self) -> String {
@@ -432,6 +492,28 @@ async fn watch_connection(w: Watch, stop: CancellationToken) {
             _ = tick.tick() => if w.health.is_degraded() {
                 probe(&w).await;
             },
+        }
+    }
+}
+
+/// PINGs Redis every [`READY_PING_INTERVAL`] (one at a time, each bounded) and notes since when
+/// one has gone unanswered, and the subscriber connection's state, for [`RedisBroker::is_ready`].
+async fn watch_readiness(client: Client, subscriber: SubscriberClient, r: Arc<Readiness>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(READY_PING_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        r.subscriber_up(subscriber.is_connected());
+        r.asking();
+        let ping = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = tokio::time::timeout(READY_PING_TIMEOUT, client.ping::<String>(None)) => p,
+        };
+        if matches!(ping, Ok(Ok(_))) {
+            r.answered();
         }
     }
 }
