@@ -567,3 +567,47 @@ async fn a_redis_stall_under_the_ready_grace_keeps_every_node_ready() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn during_a_drain_ready_is_503_health_200_and_upgrades_503_draining() {
+    let redis = RedisServer::start();
+    let limits = wsctl::Limits { drain_timeout: Duration::from_secs(4), ..test_limits() };
+    let a = TestNode::start_with("node-a", Some(redis.config()), limits).await;
+    let addr = a.addr;
+    let mut bob = a.connect("bob").await;
+    // A stalled Redis holds the drain in its route-table step (up to half the drain timeout).
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "10000", "ALL"]), "OK");
+    let stop = tokio::spawn(a.stop());
+    let t = Instant::now();
+    while ready_status(addr).await == 200 {
+        assert!(t.elapsed() < Duration::from_secs(2), "never turned unready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, body) = http_get(addr, "/ready").await.expect("the listener answers during the drain");
+    assert_eq!((status, body.as_str()), (503, "draining"));
+    let (status, _) = http_get(addr, "/health").await.expect("the listener answers during the drain");
+    assert_eq!(status, 200);
+    let upgrade = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!(
+                "GET /ws?userId=carol HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(RECV_TIMEOUT, s.read(&mut buf)).await.unwrap().unwrap();
+        parse_http_response(&buf[..n])
+    };
+    assert_eq!(upgrade.0, 503, "{upgrade:?}");
+    assert!(upgrade.1.ends_with("draining"), "{upgrade:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "the checks ran inside the drain");
+    let (_, closed) = bob.until_closed(Duration::from_secs(10)).await;
+    assert_eq!(closed, Closed::Code(1012));
+    stop.await.unwrap();
+    redis.cli(&["CLIENT", "UNPAUSE"]);
+}
