@@ -22,7 +22,7 @@ use crate::protocol::Frame;
 pub use memory::MemoryBroker;
 pub use redis::{
     room_channel, room_members_key, BrokerError, LookupError, NodeInfo, RedisBroker, LOOKUP_TIMEOUT, PUBLISH_QUEUE,
-    READY_GRACE, REPLAY_DEADLINE, REPLAY_MAX, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_PUBLISH_QUEUE, ROUTE_QUEUE,
+    READY_GRACE, REPLAY_DEADLINE, REPLAY_MAX, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_MEMBERS_TTL, ROOM_PUBLISH_QUEUE, ROUTE_QUEUE,
 };
 
 /// A chat envelope on its way to the receiver's connections on other nodes.

@@ -52,7 +52,7 @@ use writer::{RouteOp, RouteWriter};
 pub use lookup::{LookupError, LOOKUP_TIMEOUT};
 pub use history::{REPLAY_DEADLINE, REPLAY_MAX};
 pub use publisher::PUBLISH_QUEUE;
-pub use rooms::{room_channel, room_members_key, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_PUBLISH_QUEUE};
+pub use rooms::{room_channel, room_members_key, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_MEMBERS_TTL, ROOM_PUBLISH_QUEUE};
 pub use writer::ROUTE_QUEUE;
 
 /// How long a new connection waits for Redis to confirm its route before its upgrade goes ahead
@@ -219,8 +219,7 @@ impl RedisBroker {
         let started_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let lease = Lease { address: node.address.clone(), version: env!("CARGO_PKG_VERSION").to_string(), started_at, connections: 0 };
         let cluster = config.is_cluster();
-        let refresher =
-            refresher::Refresher::new(client.clone(), node.server_id.clone(), node.hub.clone(), node.metrics.clone(), lease, cluster);
+        let refresher = refresher::Refresher::new(&node, client.clone(), lease, cluster);
         // The lease before anything else (subscribing to the id's channel included), and only if
         // no live node holds it.
         refresher.claim_lease().await?;

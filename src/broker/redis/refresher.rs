@@ -3,6 +3,9 @@
 //! Redis came back. It runs beside the route writer, so a refresh of many users never delays a
 //! new connection's registration.
 //!
+//! The same pass rewrites this node's member count in `room_members:<room>` for every room with
+//! members here, renewing the hash's TTL ([`super::rooms::ROOM_MEMBERS_TTL`]).
+//!
 //! It reads the hub's users, writes them, then reconciles: a user who left while the write was
 //! in flight is handed to the writer, which removes the route again. So a refresh can never leave
 //! behind the route of a user who is gone.
@@ -35,13 +38,23 @@ pub(crate) struct Refresher {
     metrics: Metrics,
     lease: Lease,
     cluster: bool,
+    rooms: Arc<crate::rooms::Rooms>,
     /// Notified to re-assert every route now (Redis came back).
     pub(crate) now: Arc<Notify>,
 }
 
 impl Refresher {
-    pub(crate) fn new(client: Client, server_id: Arc<str>, hub: Arc<Hub>, metrics: Metrics, lease: Lease, cluster: bool) -> Self {
-        Refresher { client, server_id, hub, metrics, lease, cluster, now: Arc::new(Notify::new()) }
+    pub(crate) fn new(node: &super::NodeInfo, client: Client, lease: Lease, cluster: bool) -> Self {
+        Refresher {
+            client,
+            server_id: node.server_id.clone(),
+            hub: node.hub.clone(),
+            metrics: node.metrics.clone(),
+            lease,
+            cluster,
+            rooms: node.rooms.clone(),
+            now: Arc::new(Notify::new()),
+        }
     }
 
     pub(crate) async fn run(mut self, writer: mpsc::Sender<RouteOp>, stop: CancellationToken) {
@@ -124,9 +137,28 @@ impl Refresher {
                 let _ = writer.send(RouteOp::Sync(u.clone(), None)).await;
             }
         }
+        ok &= self.refresh_room_counts().await;
         if !ok {
             self.metrics.redis_errors.inc();
             warn!(users = users.len(), "route refresh failed; retrying in {RETRY_INTERVAL:?}");
+        }
+        ok
+    }
+
+    /// `HSET room_members:<r> <server> <n>` and `EXPIRE` for every room with members here, in
+    /// pipelines of [`REFRESH_CHUNK`] rooms. A room emptied meanwhile is the room task's to clear
+    /// (it reads the count after each change), so only counts above 0 are written.
+    async fn refresh_room_counts(&self) -> bool {
+        let counts: Vec<_> = self.rooms.counts().into_iter().filter(|(_, n)| *n > 0).collect();
+        let mut ok = true;
+        for chunk in counts.chunks(REFRESH_CHUNK) {
+            let p = self.client.pipeline();
+            for (room, n) in chunk {
+                let key = super::rooms::room_members_key(room);
+                let _: Result<(), _> = p.hset(&key, (self.server_id.as_ref(), *n as i64)).await;
+                let _: Result<(), _> = p.expire(&key, super::rooms::ROOM_MEMBERS_TTL.as_secs() as i64, None).await;
+            }
+            ok &= p.all::<Value>().await.is_ok();
         }
         ok
     }
