@@ -510,7 +510,17 @@ fn encoded(user: &str) -> String {
 #[tokio::test]
 async fn user_ids_with_braces_keep_their_history_in_one_cluster_slot() {
     let cluster = RedisCluster::start();
-    let n = nodes(&cluster.config(), &["node-a", "node-b", "node-c"], 100).await;
+    user_ids_with_braces_have_history(cluster.config()).await;
+}
+
+#[tokio::test]
+async fn user_ids_with_braces_have_history_on_standalone() {
+    let redis = RedisServer::start();
+    user_ids_with_braces_have_history(redis.config()).await;
+}
+
+async fn user_ids_with_braces_have_history(redis: RedisConfig) {
+    let n = nodes(&redis, &["node-a", "node-b", "node-c"], 100).await;
     let mut alice = n[0].connect("alice").await;
     for user in ["}x{y", "{a}", "a{b", "{}"] {
         let mut c = Client::connect(&n[1].ws_url(&encoded(user))).await;

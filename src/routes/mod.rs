@@ -95,6 +95,17 @@ pub fn user_hash_tag(user: &str) -> String {
     format!("{{x{}}}{{hex}}", hex::encode(user.as_bytes()))
 }
 
+/// [`user_hash_tag`] in Lua, for scripts that build a user's tagged keys themselves (the
+/// standalone routing script): defines `local function user_tag(u)`.
+pub const USER_HASH_TAG_LUA: &str = r#"
+local function user_tag(u)
+  if u ~= '' and not string.find(u, '[{}]') then
+    return '{' .. u .. '}'
+  end
+  return '{x' .. string.gsub(u, '.', function(c) return string.format('%02x', string.byte(c)) end) .. '}{hex}'
+end
+"#;
+
 /// A node's lease value: what `wsctl routes servers` shows about a live node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lease {

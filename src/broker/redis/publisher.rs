@@ -360,7 +360,8 @@ fn answer(reqs: impl Iterator<Item = PublishReq>, result: PublishResult) {
 /// other than KEYS are touched, which standalone Redis allows (the Cluster path never uses this).
 fn route_script() -> String {
     format!(
-        r#"local me = ARGV[1]
+        r#"{tag_fn}
+local me = ARGV[1]
 local need_lease = ARGV[2] == '1'
 local hist_size, ttl_ms, new_epoch = tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local live_of = {{}}
@@ -391,8 +392,8 @@ for i, key in ipairs(KEYS) do
   end
   local env, off = ARGV[4 + 2 * i], 0
   if hist_size > 0 then
-    local hk = '{hist}{{' .. user .. '}}'
-    local mk = '{meta}{{' .. user .. '}}'
+    local hk = '{hist}' .. user_tag(user)
+    local mk = '{meta}' .. user_tag(user)
     {append}
   end
   local took = 0
@@ -418,5 +419,6 @@ return out"#,
         hist = history::HISTORY_PREFIX,
         meta = history::META_PREFIX,
         append = history::APPEND_LUA,
+        tag_fn = routes::USER_HASH_TAG_LUA,
     )
 }
