@@ -7,7 +7,7 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0    | success (also: stdout closed early, as in `wsctl routes list \| head`) |
-//! | 1    | failure: Redis, CloudWatch or a node unreachable, a drain that failed, a settings file with problems under `config check` |
+//! | 1    | failure: Redis, CloudWatch or a node unreachable, a drain that failed, a settings file with problems under `config check`, a `serve` whose `--server-id` another live node holds |
 //! | 2    | usage: unknown flag, bad value, or a bad `--config` file (clap's own code) |
 //! | 99   | `wsctl load`: the run finished but an `--assert` threshold failed (`load::THRESHOLD_FAILED`): CI can tell "too slow" from "could not run" |
 
