@@ -7,7 +7,7 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0    | success (also: stdout closed early, as in `wsctl routes list \| head`; and `serve` after a drain that ran out of `--drain-timeout`, which it logs as a warning) |
-//! | 1    | failure: Redis, CloudWatch or a node unreachable, a port that cannot be bound, a settings file with problems under `config check` |
+//! | 1    | failure: Redis, CloudWatch or a node unreachable, a port that cannot be bound, a settings file with problems under `config check`, a `serve` whose `--server-id` another live node holds |
 //! | 2    | usage: unknown flag, a value that does not parse (clap's own code) or cannot work (`util::UsageError`: an empty key, a zero timeout, a bad load profile or threshold), or a bad `--config` file |
 //! | 3    | `wsctl load`: frames arrived but none was a message of this run (`load::NOTHING_RECOGNIZED`) |
 //! | 99   | `wsctl load`: the run finished but an `--assert` threshold failed (`load::THRESHOLD_FAILED`): CI can tell "too slow" from "could not run" |

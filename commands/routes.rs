@@ -396,6 +396,9 @@ fn print_report(r: &PurgeReport) -> anyhow::Result<()> {
         r.keys_walked,
         r.elapsed_ms as f64 / 1000.0
     )?;
+    if let Some(server) = &r.server {
+        writeln!(out, "{verb} {server}'s member count from {} room(s)", r.room_fields)?;
+    }
     if r.interrupted {
         writeln!(out, "interrupted before the end of the keyspace")?;
     }

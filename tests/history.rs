@@ -501,3 +501,51 @@ async fn a_node_without_history_says_so_and_sends_no_offsets() {
     carol.send(chat("dave", json!(3))).await;
     assert!(dave.recv_chat().await.get("offset").is_none());
 }
+
+/// `user` as a query value (the braces a Cluster hash tag is made of, percent-encoded).
+fn encoded(user: &str) -> String {
+    user.replace('{', "%7B").replace('}', "%7D")
+}
+
+#[tokio::test]
+async fn user_ids_with_braces_keep_their_history_in_one_cluster_slot() {
+    let cluster = RedisCluster::start();
+    user_ids_with_braces_have_history(cluster.config()).await;
+}
+
+#[tokio::test]
+async fn user_ids_with_braces_have_history_on_standalone() {
+    let redis = RedisServer::start();
+    user_ids_with_braces_have_history(redis.config()).await;
+}
+
+async fn user_ids_with_braces_have_history(redis: RedisConfig) {
+    let n = nodes(&redis, &["node-a", "node-b", "node-c"], 100).await;
+    let mut alice = n[0].connect("alice").await;
+    for user in ["}x{y", "{a}", "a{b", "{}"] {
+        let mut c = Client::connect(&n[1].ws_url(&encoded(user))).await;
+        let mut seen = Seen::default();
+        for i in 0..3 {
+            let ack = send_acked(&mut alice, user, i).await;
+            assert_eq!(ack, json!({"type":"ack","id":i,"online":true,"stored":true}), "to {user}");
+            let got = c.recv_chat().await;
+            assert_eq!(got["receiverID"], user);
+            seen.take(&got);
+        }
+        c.close().await;
+        for i in 3..5 {
+            assert_eq!(send_acked(&mut alice, user, i).await["stored"], true, "to {user}");
+        }
+        let mut c = Client::connect(&resume_url(&n[2], &encoded(user), seen.last, &seen.epoch)).await;
+        let rec = read_replay(&mut c, &mut seen).await;
+        assert_eq!(rec, json!({"type":"recovery","complete":true,"count":2,"epoch":seen.epoch,"offset":5}), "{user}");
+        assert_eq!(seen.payloads.values().cloned().collect::<Vec<_>>(), (0..5).map(|i| json!(i)).collect::<Vec<_>>());
+    }
+    for node in &n {
+        assert_eq!(http_get(node.addr, "/ready").await.unwrap().0, 200, "{} stays ready", node.id);
+        assert_eq!(node.metrics.redis_errors.get(), 0, "{}: no batch failed", node.id);
+    }
+    for node in n {
+        node.stop().await;
+    }
+}

@@ -508,3 +508,106 @@ async fn a_drain_answers_every_send_still_in_flight_before_1012() {
     stop.await.unwrap();
     a.stop().await;
 }
+
+/// `/ready`'s status on `addr` (0 when the connection is refused).
+async fn ready_status(addr: std::net::SocketAddr) -> u16 {
+    http_get(addr, "/ready").await.map_or(0, |(s, _)| s)
+}
+
+/// Cross-node traffic until `stop`: alice on `a` sends to bob on `b`; returns the sends.
+fn steady_traffic(mut alice: Client, stop: tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while !stop.is_cancelled() {
+            alice.send(json!({"type":"chat_message","receiverID":"bob","payload":n,"id":n})).await;
+            let _ = alice.try_recv(Duration::from_millis(20)).await;
+            n += 1;
+        }
+        n
+    })
+}
+
+#[tokio::test]
+async fn a_redis_stall_under_the_ready_grace_keeps_every_node_ready() {
+    let redis = RedisServer::start();
+    let a = TestNode::start("node-a", Some(redis.config())).await;
+    let b = TestNode::start("node-b", Some(redis.config())).await;
+    let _bob = b.connect("bob").await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = steady_traffic(a.connect("alice").await, stop.clone());
+    // A 2 s stall under traffic: a routing batch misses its deadline, the node is degraded, and
+    // still /ready answers 200 on both nodes throughout, and after.
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "2000", "ALL"]), "OK");
+    let paused = Instant::now();
+    let mut polls = 0;
+    while paused.elapsed() < Duration::from_millis(3000) {
+        for n in [&a, &b] {
+            assert_eq!(ready_status(n.addr).await, 200, "{} unready {:?} into a 2 s stall", n.id, paused.elapsed());
+        }
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("{polls} polls of both nodes during the 2 s stall, all 200 ({} Redis errors counted)", a.metrics.redis_errors.get());
+    // A stall longer than READY_GRACE turns it 503, and it is 200 again once Redis answers.
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "7000", "ALL"]), "OK");
+    let paused = Instant::now();
+    while ready_status(a.addr).await == 200 {
+        assert!(paused.elapsed() < Duration::from_millis(6900), "still ready 7 s into the stall");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let unready = paused.elapsed();
+    assert!(unready >= wsctl::broker::READY_GRACE, "unready {unready:?} into the stall, before the grace");
+    while ready_status(a.addr).await != 200 {
+        assert!(paused.elapsed() < Duration::from_secs(7 + 2), "not ready again 2 s after the stall");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("unready {unready:.2?} into the 7 s stall, ready again {:.2?} after it", paused.elapsed().saturating_sub(Duration::from_secs(7)));
+    stop.cancel();
+    assert!(traffic.await.unwrap() > 0);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn during_a_drain_ready_is_503_health_200_and_upgrades_503_draining() {
+    let redis = RedisServer::start();
+    let limits = wsctl::Limits { drain_timeout: Duration::from_secs(4), ..test_limits() };
+    let a = TestNode::start_with("node-a", Some(redis.config()), limits).await;
+    let addr = a.addr;
+    let mut bob = a.connect("bob").await;
+    // A stalled Redis holds the drain in its route-table step (up to half the drain timeout).
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "10000", "ALL"]), "OK");
+    let stop = tokio::spawn(a.stop());
+    let t = Instant::now();
+    while ready_status(addr).await == 200 {
+        assert!(t.elapsed() < Duration::from_secs(2), "never turned unready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, body) = http_get(addr, "/ready").await.expect("the listener answers during the drain");
+    assert_eq!((status, body.as_str()), (503, "draining"));
+    let (status, _) = http_get(addr, "/health").await.expect("the listener answers during the drain");
+    assert_eq!(status, 200);
+    let upgrade = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!(
+                "GET /ws?userId=carol HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(RECV_TIMEOUT, s.read(&mut buf)).await.unwrap().unwrap();
+        parse_http_response(&buf[..n])
+    };
+    assert_eq!(upgrade.0, 503, "{upgrade:?}");
+    assert!(upgrade.1.ends_with("draining"), "{upgrade:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "the checks ran inside the drain");
+    let (_, closed) = bob.until_closed(Duration::from_secs(10)).await;
+    assert_eq!(closed, Closed::Code(1012));
+    stop.await.unwrap();
+    redis.cli(&["CLIENT", "UNPAUSE"]);
+}

@@ -268,3 +268,31 @@ async fn joins_racing_leaves_leave_the_subscription_matching_the_members() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn room_member_counts_expire_and_purge_server_removes_a_dead_nodes_fields() {
+    let redis = RedisServer::start();
+    let a = TestNode::start("node-a", Some(redis.config())).await;
+    let mut c1 = a.connect("u1").await;
+    join(&mut c1, "lobby", 1).await;
+    let r = &redis;
+    eventually(RECV_TIMEOUT, "count 1", || async move { r.cli(&["HGET", "room_members:lobby", "node-a"]) == "1" }).await;
+    // The hash has a TTL (the refresher renews it with the routes), so a hash whose every node
+    // died without a drain does not stay for ever.
+    let ttl: i64 = redis.cli(&["TTL", "room_members:lobby"]).parse().unwrap();
+    let max = wsctl::broker::ROOM_MEMBERS_TTL.as_secs() as i64;
+    assert!(ttl > 0 && ttl <= max, "room_members:lobby TTL {ttl}");
+    // What a node killed without a drain leaves: its fields, beside a live node's.
+    redis.cli(&["HSET", "room_members:lobby", "node-dead", "3"]);
+    redis.cli(&["HSET", "room_members:quiet", "node-dead", "2"]);
+    let table = wsctl::routes::admin::RouteTable::connect(&redis.config()).await.unwrap();
+    let opts = |dry_run| wsctl::routes::admin::PurgeOptions { server: Some("node-dead".into()), dry_run, ..Default::default() };
+    let dry = table.purge(&opts(true), &Default::default(), |_| {}).await.unwrap();
+    assert_eq!(dry.room_fields, 2);
+    assert_eq!(redis.cli(&["HGET", "room_members:quiet", "node-dead"]), "2", "a dry run writes nothing");
+    let report = table.purge(&opts(false), &Default::default(), |_| {}).await.unwrap();
+    assert_eq!(report.room_fields, 2);
+    assert_eq!(redis.cli(&["HGETALL", "room_members:lobby"]), "node-a\n1");
+    assert_eq!(redis.cli(&["EXISTS", "room_members:quiet"]), "0");
+    a.stop().await;
+}

@@ -263,3 +263,85 @@ async fn acl_user_and_password_are_used_and_a_wrong_password_fails_clearly() {
     assert!(!err.contains("nope"), "the password never appears in errors: {err}");
     a.stop().await;
 }
+
+/// Starts `serve` for `id` on `redis` and returns its error, or fails if it came up.
+async fn start_refused(id: &str, redis: &RedisServer) -> wsctl::ServerError {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = wsctl::ServerConfig { redis: Some(redis.config()), limits: test_limits(), ..wsctl::ServerConfig::embedded(id) };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let run = wsctl::server::serve(listener, config, shutdown.clone());
+    match tokio::time::timeout(RECV_TIMEOUT, run).await {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => panic!("serve for {id} returned Ok without a shutdown"),
+        Err(_) => {
+            shutdown.cancel();
+            panic!("a second node with id {id} started while the first holds its lease")
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_server_id_whose_lease_is_held_is_refused_at_start() {
+    let redis = RedisServer::start();
+    let a = TestNode::start("node-x", Some(redis.config())).await;
+    let lease_before = redis.cli(&["GET", "server_alive:node-x"]);
+    let err = start_refused("node-x", &redis).await.to_string();
+    assert!(err.contains("\"node-x\"") && err.contains("another node holds its lease server_alive:node-x"), "{err}");
+    assert!(err.contains("expires in "), "{err}");
+    // The refused node touched nothing: the first one's lease is its own, it still routes.
+    assert_eq!(redis.cli(&["GET", "server_alive:node-x"]), lease_before);
+    let b = TestNode::start("node-b", Some(redis.config())).await;
+    let mut bob = a.connect("bob").await;
+    let mut alice = b.connect("alice").await;
+    alice.send(json!({"type":"chat_message","receiverID":"bob","payload":1,"id":1})).await;
+    assert_eq!(alice.recv().await["online"], true);
+    assert_eq!(bob.recv().await["payload"], 1);
+    // A clean drain deletes the lease: the same id starts again at once.
+    a.stop().await;
+    let again = TestNode::start("node-x", Some(redis.config())).await;
+    again.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_id_starts_again_once_a_dead_nodes_lease_expired() {
+    let redis = RedisServer::start();
+    // What a node killed without a drain leaves: its lease, running out.
+    redis.cli(&["SET", "server_alive:node-k", "{}", "PX", "1500"]);
+    let err = start_refused("node-k", &redis).await.to_string();
+    assert!(err.contains("server_alive:node-k") && err.contains("expires in "), "{err}");
+    eventually(RECV_TIMEOUT, "the dead node's lease expired", || async { redis.cli(&["EXISTS", "server_alive:node-k"]) == "0" }).await;
+    let k = TestNode::start("node-k", Some(redis.config())).await;
+    let ttl: i64 = redis.cli(&["TTL", "server_alive:node-k"]).parse().unwrap();
+    assert!(ttl > 0 && ttl <= 15, "the new node's own lease, with its TTL: {ttl}");
+    k.stop().await;
+}
+
+#[test]
+fn the_binary_refuses_a_server_id_in_use_with_exit_code_1() {
+    let redis = RedisServer::start();
+    redis.cli(&["SET", "server_alive:node-y", "{}", "EX", "60"]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsctl"))
+        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--server-id", "node-y"])
+        .env("REDIS_URI", redis.url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("wsctl runs");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > RECV_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a second node-y started while the first holds its lease");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("server id \"node-y\" is in use: another node holds its lease server_alive:node-y"), "{stderr}");
+}

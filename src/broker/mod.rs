@@ -21,8 +21,8 @@ use crate::protocol::Frame;
 
 pub use memory::{MemoryBroker, MAX_LOCAL_IDEM};
 pub use redis::{
-    JOIN_DEADLINE, room_channel, room_members_key, BrokerError, LookupError, NodeInfo, RedisBroker, LOOKUP_TIMEOUT, PUBLISH_QUEUE,
-    REPLAY_DEADLINE, REPLAY_MAX, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_PUBLISH_QUEUE, ROUTE_QUEUE,
+    room_channel, room_members_key, BrokerError, LookupError, NodeInfo, RedisBroker, JOIN_DEADLINE, LOOKUP_TIMEOUT, PUBLISH_QUEUE,
+    READY_GRACE, REPLAY_DEADLINE, REPLAY_MAX, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_MEMBERS_TTL, ROOM_PUBLISH_QUEUE, ROUTE_QUEUE,
 };
 
 /// The check every message from this node's Redis channel goes through (for the fuzz target):

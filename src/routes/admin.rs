@@ -47,6 +47,8 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::ROOM_MEMBERS_PREFIX;
+
 use super::{server_alive_key, user_of_servers_key, user_online_key, user_servers_key, Lease, SERVER_ALIVE_PREFIX};
 use crate::redis::{RedisConfig, RedisConfigError, COMMAND_TIMEOUT};
 
@@ -218,6 +220,9 @@ pub struct PurgeReport {
     /// Entries removed and then put back because their `user_online` key (or, for `--server`,
     /// the node's lease) appeared right after (see the module docs).
     pub restored: u64,
+    /// `--server` only: fields of that node removed from `room_members:<room>` hashes (dry run:
+    /// found). Counted in a walk of every key; a `--user` filtered walk sees no room keys.
+    pub room_fields: u64,
     /// The first [`REPORT_LIMIT`] removed routes.
     pub routes: Vec<RouteRef>,
     /// Whether `routes` is cut short.
@@ -394,6 +399,10 @@ impl RouteTable {
             progress(walker.progress());
             let mut result = Ok(());
             while let Some(keys) = walker.next_page(cancel).await? {
+                if let Some(server) = &opts.server {
+                    let rooms: Vec<&String> = keys.iter().filter(|k| k.starts_with(ROOM_MEMBERS_PREFIX)).collect();
+                    report.room_fields += self.purge_room_fields(server, &rooms, opts.dry_run).await?;
+                }
                 let set_keys: Vec<String> = keys.into_iter().filter(|k| user_of_servers_key(k).is_some()).collect();
                 result = self.purge_page(opts, script_sha.as_deref(), &set_keys, &mut leases, &mut report, &mut pending).await;
                 walked = walker.walked;
@@ -415,6 +424,21 @@ impl RouteTable {
         report.interrupted = cancel.is_cancelled();
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok(report)
+    }
+
+    /// `--server`: HDEL the dead node's field from each `room_members:<room>` of a page (dry run:
+    /// HEXISTS), one pipeline. Returns how many fields there were. The node is dead (its lease
+    /// was checked), so nothing writes the field back.
+    async fn purge_room_fields(&self, server: &str, keys: &[&String], dry_run: bool) -> Result<u64, AdminError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let p = self.client.pipeline();
+        for key in keys {
+            let _: Result<(), _> = if dry_run { p.hexists(key.as_str(), server).await } else { p.hdel(key.as_str(), server).await };
+        }
+        let counts: Vec<i64> = p.all().await.map_err(redis_err("removing room member counts"))?;
+        Ok(counts.into_iter().map(|n| n.max(0) as u64).sum())
     }
 
     async fn refuse_if_alive(&self, server: &str) -> Result<(), AdminError> {

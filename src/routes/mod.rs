@@ -80,6 +80,32 @@ pub fn server_of_alive_key(key: &str) -> Option<&str> {
     key.strip_prefix(SERVER_ALIVE_PREFIX)
 }
 
+/// `{<tag>}` for keys of `user` that a multi-key command on a Cluster uses together
+/// (`history:{u}` and `history_meta:{u}`): Redis Cluster hashes only what is between the first
+/// `{` and the first `}` after it, so both keys land in one slot. An id without braces is its
+/// own tag (`{alice}`, the keys of before). An id with a `{` or `}` (or an empty one) would cut
+/// the tag short or leave it empty (then each whole key is hashed, to different slots, and the
+/// command fails CROSSSLOT): its tag is `x` and the id's bytes in hex, followed by `{hex}`
+/// outside the tag, so it is never empty, never equals the tag of an id without braces (whose
+/// keys hold no second `{`), and two ids never share one.
+pub fn user_hash_tag(user: &str) -> String {
+    if !user.is_empty() && !user.contains(['{', '}']) {
+        return format!("{{{user}}}");
+    }
+    format!("{{x{}}}{{hex}}", hex::encode(user.as_bytes()))
+}
+
+/// [`user_hash_tag`] in Lua, for scripts that build a user's tagged keys themselves (the
+/// standalone routing script): defines `local function user_tag(u)`.
+pub const USER_HASH_TAG_LUA: &str = r#"
+local function user_tag(u)
+  if u ~= '' and not string.find(u, '[{}]') then
+    return '{' .. u .. '}'
+  end
+  return '{x' .. string.gsub(u, '.', function(c) return string.format('%02x', string.byte(c)) end) .. '}{hex}'
+end
+"#;
+
 /// A node's lease value: what `wsctl routes servers` shows about a live node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
@@ -91,4 +117,33 @@ pub struct Lease {
     pub started_at: u64,
     /// Open connections at the last refresh.
     pub connections: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::user_hash_tag;
+
+    /// What Redis Cluster hashes of `key`: the tag when there is a non-empty one, else the key.
+    fn hashed(key: &str) -> &str {
+        match key.find('{') {
+            Some(open) => match key[open + 1..].find('}') {
+                Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+                _ => key,
+            },
+            None => key,
+        }
+    }
+
+    #[test]
+    fn a_users_tagged_keys_share_one_slot_whatever_the_id() {
+        for user in ["alice", "}x{y", "{a}", "a{b", "{}", "}", "{", "", "a}b{c}"] {
+            let (a, b) = (format!("history:{}", user_hash_tag(user)), format!("history_meta:{}", user_hash_tag(user)));
+            assert_eq!(hashed(&a), hashed(&b), "{user:?}: {a} / {b}");
+            assert!(hashed(&a) != a, "{user:?} has a tag");
+        }
+        assert_eq!(user_hash_tag("alice"), "{alice}", "ids without braces keep their keys");
+        // No two ids share a tag: an id without braces never yields `{hex}`.
+        assert_ne!(user_hash_tag("7d"), user_hash_tag("}"));
+        assert_ne!(user_hash_tag("7d}{hex"), user_hash_tag("}"));
+    }
 }

@@ -3,8 +3,9 @@
 //! slowloris client cannot hold a socket; a cap on the head's size). Each connection gets its
 //! peer address as axum's `ConnectInfo`, which the per-IP cap reads.
 //!
-//! On shutdown it stops accepting, asks the HTTP connections still open (keep-alive, or mid
-//! request) to finish, and returns once they are gone or `drain_timeout` has passed. Upgraded
+//! On shutdown (the node cancels it once its drain is over, so probes are answered during the
+//! drain) it stops accepting, asks the HTTP connections still open (keep-alive, or mid request) to
+//! finish, and returns once they are gone or `drain_timeout` has passed. Upgraded
 //! WebSockets are no longer HTTP connections: the node's `sessions` tracker owns them.
 
 use std::net::SocketAddr;

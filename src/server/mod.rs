@@ -71,6 +71,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// On SIGTERM, the whole drain (leaving the route table, flushing and closing every session)
 /// gets this long before the node exits, whatever Redis does.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the drain, HTTP requests still in progress (a probe, an API call) get this long to finish
+/// before the listener's connections are dropped. Outside `--drain-timeout`: the listener stays up
+/// through the drain so that probes are answered.
+pub const HTTP_FINISH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Smallest frame limit accepted: an envelope must fit a chat message of some use.
 pub const MIN_FRAME: usize = 128;
 
@@ -250,9 +254,10 @@ pub(crate) struct Node {
     pub(crate) join_proxy: Option<crate::hooks::HookClient>,
 }
 
-/// Runs a node on `listener` until `shutdown` is cancelled, then drains: stop accepting, close
-/// every client with 1012 after flushing what is queued to it, remove this node's routes and
-/// lease. Returns once all of that is done (or [`Limits::drain_timeout`] passed).
+/// Runs a node on `listener` until `shutdown` is cancelled, then drains: turn unready and refuse
+/// new connections (the listener still answers HTTP), remove this node's routes and lease, close
+/// every client with 1012 after flushing what is queued to it. Returns once all of that is done
+/// (or [`Limits::drain_timeout`] passed), and the listener is closed.
 pub async fn serve(listener: TcpListener, config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
     serve_with_metrics(listener, config, Metrics::new(), shutdown).await
 }
@@ -334,15 +339,20 @@ pub async fn serve_with_metrics(
     if let Some(key) = &config.api_key {
         app = app.merge(api::router(node.clone(), key));
     }
-    let server = http::serve(listener, app, node.security.http, shutdown.clone(), node.limits.drain_timeout);
-    let (served, deadline) = tokio::join!(server, drain(&node, &shutdown));
+    // The listener stays open through the drain: probes get `/ready` 503 and `/health` 200, new
+    // upgrades 503 `draining`, rather than a refused connection. It closes once sessions are gone.
+    let stop_http = CancellationToken::new();
+    let server = http::serve(listener, app, node.security.http, stop_http.clone(), HTTP_FINISH_TIMEOUT);
+    let drained = async {
+        let deadline = drain(&node, &shutdown).await;
+        node.sessions.close();
+        if tokio::time::timeout_at(deadline, node.sessions.wait()).await.is_err() {
+            warn!(left = node.hub.connections(), "drain timeout: some connections did not close in time");
+        }
+        stop_http.cancel();
+    };
+    let (served, ()) = tokio::join!(server, drained);
     served?;
-    // A session that upgraded between the close sweep and the listener closing.
-    node.hub.close_all(CloseReason::Draining);
-    node.sessions.close();
-    if tokio::time::timeout_at(deadline, node.sessions.wait()).await.is_err() {
-        warn!(left = node.hub.connections(), "drain timeout: some connections did not close in time");
-    }
     node.broker.shutdown().await;
     info!("drained");
     Ok(())
@@ -368,7 +378,7 @@ fn log_security(s: &admission::SecurityConfig) {
 }
 
 /// The drain, once `shutdown` fires, in the order that loses nothing acked:
-/// 1. the node is unready and refuses new connections;
+/// 1. the node is unready (`/ready` 503) and refuses new connections (503 `draining`);
 /// 2. it leaves the route table (routes and lease), so senders see its users offline or reach
 ///    their new connections, and waits until what was routed here before has arrived (its
 ///    sessions are still open, so that is delivered);
@@ -422,6 +432,9 @@ async fn ws_handler(
         node.metrics.connections_refused.get_or_create(&crate::metrics::ReasonLabel { reason: r.reason() }).inc();
         r.into_response()
     };
+    if node.draining.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
     let checked = match admission::check(&node.security, &headers, &params) {
         Ok(c) => c,
         Err(r) => return refuse(r),
@@ -430,9 +443,6 @@ async fn ws_handler(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    if node.draining.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
-    }
     let resume = match session::Resume::from_query(&params) {
         Ok(r) => r,
         Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
@@ -451,6 +461,11 @@ async fn ws_handler(
     // answers, see `broker::Registered::Later`).
     let reg = session::Registration::new(node.clone(), user, conn, outbox, checked.grants, peer.ip());
     let routable = reg.register().await == crate::broker::Registered::Yes;
+    // A drain that began after the check above may have swept the hub before this connection
+    // was in it (the drain sets `draining` before its sweep): close it the same way.
+    if node.draining.load(Ordering::SeqCst) {
+        ctl.close_with(CloseReason::Draining);
+    }
     let token = node.sessions.token();
     let l = &node.limits;
     // Answers `wsctl.bearer` whenever the client offered it (whichever token was used, and with

@@ -22,13 +22,14 @@ use crate::protocol::Frame;
 
 use super::script::evalsha;
 
-/// History list key of `user`.
+/// History list key of `user`: `history:{u}` (see [`crate::routes::user_hash_tag`] for ids with
+/// braces).
 pub(crate) fn history_key(user: &str) -> String {
-    format!("{HISTORY_PREFIX}{{{user}}}")
+    format!("{HISTORY_PREFIX}{}", crate::routes::user_hash_tag(user))
 }
-/// History meta key of `user`.
+/// History meta key of `user`, in the same slot as [`history_key`].
 pub(crate) fn meta_key(user: &str) -> String {
-    format!("{META_PREFIX}{{{user}}}")
+    format!("{META_PREFIX}{}", crate::routes::user_hash_tag(user))
 }
 pub(crate) const HISTORY_PREFIX: &str = "history:";
 pub(crate) const META_PREFIX: &str = "history_meta:";

@@ -55,7 +55,7 @@ use writer::{RouteOp, RouteWriter};
 pub use lookup::{LookupError, LOOKUP_TIMEOUT};
 pub use history::{REPLAY_DEADLINE, REPLAY_MAX};
 pub use publisher::PUBLISH_QUEUE;
-pub use rooms::{JOIN_DEADLINE, room_channel, room_members_key, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_PUBLISH_QUEUE};
+pub use rooms::{room_channel, room_members_key, JOIN_DEADLINE, ROOM_CHANNEL_PREFIX, ROOM_MEMBERS_PREFIX, ROOM_MEMBERS_TTL, ROOM_PUBLISH_QUEUE};
 pub use writer::ROUTE_QUEUE;
 pub(crate) use subscriber::inbound;
 
@@ -72,6 +72,17 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// proves it sooner; on a Cluster a pipelined route may publish one round trip after reading the
 /// route set.
 const LEAVE_GRACE: Duration = Duration::from_millis(300);
+/// How long Redis may go unanswered before the node reports itself unready (`/ready` 503). A
+/// short stall (a failover, a `CLIENT PAUSE`, a slow fork) ends well within it: every node still
+/// delivers locally and answers remote sends `unavailable`, so pulling the whole fleet out of a
+/// load balancer for it would only turn a blip into an outage. Longer, and balancers keep sending
+/// clients to nodes that cannot reach the rest of the fleet.
+pub const READY_GRACE: Duration = Duration::from_secs(5);
+/// How often the readiness watcher PINGs Redis (one at a time). A stall is counted from the first
+/// PING it left unanswered, so `/ready` turns between [`READY_GRACE`] and this much later.
+pub const READY_PING_INTERVAL: Duration = Duration::from_millis(500);
+/// A readiness PING not answered within this is abandoned (the next one is sent).
+const READY_PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long broker shutdown (stopping tasks, QUIT) may take.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -83,6 +94,17 @@ pub enum BrokerError {
     Config(#[from] RedisConfigError),
     #[error("cannot subscribe to {channel}: {source}")]
     Subscribe { channel: String, source: fred::error::Error },
+    /// Another process holds this id's lease: two live nodes with one id would share a channel
+    /// and a route table entry, and each one's drain would remove the other's routes.
+    #[error(
+        "server id {server:?} is in use: another node holds its lease {key} (it expires in {}); \
+         start with another --server-id, or, if that node is gone, wait for the lease to expire \
+         or delete it (`redis-cli DEL {key}`)",
+        expires_in.map_or_else(|| "an unknown time".to_string(), |d| format!("{} s", d.as_secs_f64().ceil() as u64))
+    )]
+    LeaseHeld { server: String, key: String, expires_in: Option<Duration> },
+    #[error("cannot write the lease {key}: {source}")]
+    Lease { key: String, source: fred::error::Error },
 }
 
 /// What a node tells the broker about itself.
@@ -132,6 +154,49 @@ impl Health {
     }
 }
 
+/// Whether Redis answers, for `/ready`: written by the readiness watcher, read by probes.
+#[derive(Debug)]
+struct Readiness {
+    /// The broker's start: the base of the two times below.
+    base: std::time::Instant,
+    /// Milliseconds after `base` at which the oldest PING still unanswered was sent (0: none).
+    /// Measured from the send, not from the last answer, so a stall counts from when it began
+    /// at the earliest.
+    unanswered_since_ms: std::sync::atomic::AtomicU64,
+    /// Milliseconds after `base` since which the subscriber connection is down (0: it is up).
+    sub_down_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Readiness {
+    fn new() -> Self {
+        Readiness { base: std::time::Instant::now(), unanswered_since_ms: Default::default(), sub_down_ms: Default::default() }
+    }
+    fn now_ms(&self) -> u64 {
+        // max(1): 0 means "none".
+        (self.base.elapsed().as_millis() as u64).max(1)
+    }
+    /// A PING goes out; keeps the time of an older one still unanswered.
+    fn asking(&self) {
+        let _ = self.unanswered_since_ms.compare_exchange(0, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+    }
+    fn answered(&self) {
+        self.unanswered_since_ms.store(0, Ordering::Relaxed);
+    }
+    fn subscriber_up(&self, up: bool) {
+        if up {
+            self.sub_down_ms.store(0, Ordering::Relaxed);
+        } else {
+            let _ = self.sub_down_ms.compare_exchange(0, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+    /// Ready unless a PING has gone unanswered, or the subscriber been down, for [`READY_GRACE`].
+    fn is_ready(&self) -> bool {
+        let now = self.now_ms();
+        let within = |since: u64| since == 0 || now.saturating_sub(since) < READY_GRACE.as_millis() as u64;
+        within(self.unanswered_since_ms.load(Ordering::Relaxed)) && within(self.sub_down_ms.load(Ordering::Relaxed))
+    }
+}
+
 /// The broker of a node in a Redis-backed fleet.
 pub struct RedisBroker {
     config: RedisConfig,
@@ -151,6 +216,9 @@ pub struct RedisBroker {
     fence: String,
     /// Stops the refresher (first step of a drain).
     stop_refresh: CancellationToken,
+    /// The refresher's task: a drain waits for it to stop before the writer's `Leave`, so a
+    /// refresh in flight cannot write a route or the lease back after they were removed.
+    refresher: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Stops the broker's other tasks, after the sessions are gone.
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -158,12 +226,20 @@ pub struct RedisBroker {
     resubscriber: std::sync::Mutex<Option<JoinHandle<()>>>,
     rooms: rooms::RoomChannels,
     require_lease: bool,
+    readiness: Arc<Readiness>,
 }
 
 impl RedisBroker {
     /// Connects, subscribes to this node's channel, writes the lease and starts the tasks.
     pub async fn start(config: RedisConfig, node: NodeInfo) -> Result<Arc<RedisBroker>, BrokerError> {
         let client = config.connect().await?;
+        let started_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let lease = Lease { address: node.address.clone(), version: env!("CARGO_PKG_VERSION").to_string(), started_at, connections: 0 };
+        let cluster = config.is_cluster();
+        let refresher = refresher::Refresher::new(&node, client.clone(), lease, cluster);
+        // The lease before anything else (subscribing to the id's channel included), and only if
+        // no live node holds it.
+        refresher.claim_lease().await?;
         let subscriber = config.connect_subscriber().await?;
         let channel = routes::server_channel(&node.server_id);
         let sharded = config.effective_pubsub() == PubsubMode::Sharded;
@@ -200,24 +276,20 @@ impl RedisBroker {
             // No receiverID: never delivered to anyone, recognised by its nonce.
             fence: format!("{{\"type\":\"wsctl_fence\",\"nonce\":\"{}\"}}", uuid::Uuid::new_v4()),
             stop_refresh: CancellationToken::new(),
+            refresher: std::sync::Mutex::new(None),
             stop,
             tracker,
             resubscriber: std::sync::Mutex::new(Some(resubscriber)),
             rooms: room_channels,
             require_lease: node.require_lease,
+            readiness: Arc::new(Readiness::new()),
             config,
         });
-        let started_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let lease = Lease { address: node.address.clone(), version: env!("CARGO_PKG_VERSION").to_string(), started_at, connections: 0 };
-        let cluster = broker.config.is_cluster();
         let writer = RouteWriter::new(client.clone(), node.server_id.clone(), node.hub.clone(), node.metrics.clone(), cluster, broker.dirty.clone());
         broker.tracker.spawn(writer.run(routes_rx, broker.stop.clone()));
-        let refresher =
-            refresher::Refresher::new(client.clone(), node.server_id.clone(), node.hub.clone(), node.metrics.clone(), lease, cluster);
-        // The lease before the node accepts anyone.
-        refresher.write_lease().await;
         let refresh_now = refresher.now.clone();
-        broker.tracker.spawn(refresher.run(broker.dirty.clone(), broker.stop_refresh.clone()));
+        let refresh_task = broker.tracker.spawn(refresher.run(broker.dirty.clone(), broker.stop_refresh.clone()));
+        *broker.refresher.lock().unwrap_or_else(|p| p.into_inner()) = Some(refresh_task);
         let publisher = Publisher::new(client.clone(), &node, sharded, cluster, broker.health.clone());
         broker.tracker.spawn(publisher.run(publish_rx, broker.stop.clone()));
         let receiver = receiver_factory(&node, &broker, cluster);
@@ -231,6 +303,7 @@ impl RedisBroker {
             health: broker.health.clone(),
         };
         broker.tracker.spawn(watch_connection(watch, broker.stop.clone()));
+        broker.tracker.spawn(watch_readiness(client.clone(), subscriber.clone(), broker.readiness.clone(), broker.stop.clone()));
         Ok(broker)
     }
 
@@ -308,8 +381,11 @@ impl RedisBroker {
         }
     }
 
+    /// Whether `/ready` answers 200: Redis answered a PING within the last [`READY_GRACE`] and
+    /// the subscriber connection has not been down that long. A shorter stall degrades the node
+    /// (remote sends answer `unavailable`) but keeps it in its load balancer.
     pub fn is_ready(&self) -> bool {
-        self.client.is_connected() && self.subscriber.is_connected() && !self.health.is_degraded() && !self.health.has_failed()
+        self.readiness.is_ready() && !self.health.has_failed()
     }
 
     pub fn describe(&self) -> String {
@@ -324,6 +400,14 @@ impl RedisBroker {
     pub async fn leave(&self, budget: Duration) {
         let deadline = tokio::time::Instant::now() + budget;
         self.stop_refresh.cancel();
+        // A refresh already sent to Redis would land after the writer's removal and bring routes
+        // (or the lease) back: wait for it to finish first (it stops between chunks).
+        let refresher = self.refresher.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = refresher {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                warn!(server = %self.server_id, "drain: the route refresh did not stop in time");
+            }
+        }
         let (tx, rx) = oneshot::channel();
         let removed = async {
             self.routes_tx.send(RouteOp::Leave(tx)).await.ok()?;
@@ -464,6 +548,28 @@ async fn watch_connection(w: Watch, stop: CancellationToken) {
             _ = tick.tick() => if w.health.is_degraded() {
                 probe(&w).await;
             },
+        }
+    }
+}
+
+/// PINGs Redis every [`READY_PING_INTERVAL`] (one at a time, each bounded) and notes since when
+/// one has gone unanswered, and the subscriber connection's state, for [`RedisBroker::is_ready`].
+async fn watch_readiness(client: Client, subscriber: SubscriberClient, r: Arc<Readiness>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(READY_PING_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        r.subscriber_up(subscriber.is_connected());
+        r.asking();
+        let ping = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = tokio::time::timeout(READY_PING_TIMEOUT, client.ping::<String>(None)) => p,
+        };
+        if matches!(ping, Ok(Ok(_))) {
+            r.answered();
         }
     }
 }

@@ -417,7 +417,8 @@ fn answer(reqs: impl Iterator<Item = PublishReq>, result: PublishResult) {
 /// other than KEYS are touched, which standalone Redis allows (the Cluster path never uses this).
 fn route_script() -> String {
     format!(
-        r#"local me = ARGV[1]
+        r#"{tag_fn}
+local me = ARGV[1]
 local need_lease = ARGV[2] == '1'
 local hist_size, ttl_ms, new_epoch, idem_ms = tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 local live_of = {{}}
@@ -455,8 +456,8 @@ for i, key in ipairs(KEYS) do
     out[3 * i] = 1
   else
     if hist_size > 0 then
-      local hk = '{hist}{{' .. user .. '}}'
-      local mk = '{meta}{{' .. user .. '}}'
+      local hk = '{hist}' .. user_tag(user)
+      local mk = '{meta}' .. user_tag(user)
       {append}
     end
     local took = 0
@@ -489,5 +490,6 @@ return out"#,
         hist = history::HISTORY_PREFIX,
         meta = history::META_PREFIX,
         append = history::APPEND_LUA,
+        tag_fn = routes::USER_HASH_TAG_LUA,
     )
 }

@@ -27,6 +27,11 @@ pub const REORDER_TOTAL: usize = 16_384;
 /// A user's order state is forgotten after this long without a message (the next message
 /// starts a fresh baseline).
 pub const REORDER_IDLE: Duration = Duration::from_secs(60);
+/// Users whose order state is kept at most. Forgetting a user costs nothing but its baseline (its
+/// next message goes out at once and starts a new one), so past this the users with nothing held
+/// are dropped; at most [`REORDER_TOTAL`] users hold something, so a prune always frees room.
+/// 65,536 users' states are a few MiB.
+pub const REORDER_USERS: usize = 65_536;
 
 /// A message to hand to the hub: its receiver, the connection to skip, the frame.
 pub(crate) type Ready = (Arc<str>, Option<Uuid>, Frame);
@@ -58,7 +63,12 @@ impl Reorder {
     // struct for this one call would only move the list.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn accept(&mut self, user: &str, epoch: &str, offset: u64, except: Option<Uuid>, frame: Frame, now: Instant, out: &mut Vec<Ready>) {
+        self.prune(now);
         let Some(st) = self.users.get_mut(user) else {
+            if self.users.len() >= REORDER_USERS {
+                // Only users with messages held are kept: fewer than REORDER_TOTAL.
+                self.users.retain(|_, st| !st.held.is_empty());
+            }
             // The first message seen for the user sets the baseline.
             let name: Arc<str> = Arc::from(user);
             let st = UserOrder { name: name.clone(), epoch: epoch.into(), last: offset, held: BTreeMap::new(), deadline: None, touched: now };
@@ -128,10 +138,27 @@ impl Reorder {
         if self.held == 0 {
             self.deadlines.clear();
         }
-        if self.last_prune.is_none_or(|t| now.duration_since(t) >= REORDER_IDLE) {
-            self.last_prune = Some(now);
-            self.users.retain(|_, st| !st.held.is_empty() || now.duration_since(st.touched) < REORDER_IDLE);
+        self.prune(now);
+    }
+
+    /// Forgets users idle past [`REORDER_IDLE`] with nothing held; a full pass at most once per
+    /// [`REORDER_IDLE`], so a user is forgotten between one and two idle periods after its last
+    /// message.
+    fn prune(&mut self, now: Instant) {
+        match self.last_prune {
+            None => self.last_prune = Some(now),
+            Some(t) if now.duration_since(t) >= REORDER_IDLE => {
+                self.last_prune = Some(now);
+                self.users.retain(|_, st| !st.held.is_empty() || now.duration_since(st.touched) < REORDER_IDLE);
+            }
+            Some(_) => {}
         }
+    }
+
+    /// Users whose order state is kept.
+    #[cfg(test)]
+    fn users(&self) -> usize {
+        self.users.len()
     }
 }
 
@@ -172,6 +199,33 @@ mod tests {
         take(&mut r, 5, &mut out);
         assert_eq!(offsets(&out).last().unwrap(), "5");
         assert_eq!(r.next_deadline(), None);
+    }
+
+    #[test]
+    fn the_order_state_stays_bounded_whatever_the_receivers() {
+        let mut r = Reorder::default();
+        let mut out = Vec::new();
+        let t = Instant::now();
+        // Receivers that each get one message and are never seen again (nothing is ever held,
+        // so `expire` never runs: the subscriber calls it only for a deadline).
+        for i in 0..(REORDER_USERS * 3) {
+            r.accept(&format!("u{i}"), "e", 1, None, Frame::from("1"), t, &mut out);
+            assert!(r.users() <= REORDER_USERS, "{} users kept after {i}", r.users());
+        }
+        assert_eq!(out.len(), REORDER_USERS * 3, "every message delivered");
+        // A user with messages held survives a prune; the held ones still go out in order.
+        r.accept("held", "e", 1, None, Frame::from("1"), t, &mut out);
+        r.accept("held", "e", 3, None, Frame::from("3"), t, &mut out);
+        for i in 0..REORDER_USERS {
+            r.accept(&format!("v{i}"), "e", 1, None, Frame::from("1"), t, &mut out);
+        }
+        out.clear();
+        r.accept("held", "e", 2, None, Frame::from("2"), t, &mut out);
+        assert_eq!(offsets(&out), ["2", "3"]);
+        // Idle users are forgotten as traffic goes on, with nothing held and no `expire` call.
+        let later = t + REORDER_IDLE * 2;
+        r.accept("fresh", "e", 1, None, Frame::from("1"), later, &mut out);
+        assert_eq!(r.users(), 1, "only the receiver seen within the idle time is kept");
     }
 
     #[test]

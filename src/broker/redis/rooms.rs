@@ -41,6 +41,11 @@ use super::Health;
 pub const ROOM_CHANNEL_PREFIX: &str = "room:";
 /// Prefix of the per-room member counts: HASH `room_members:<name>`, field server id -> count.
 pub const ROOM_MEMBERS_PREFIX: &str = "room_members:";
+/// TTL of `room_members:<name>`, renewed by every count write and by the node's refresher every
+/// [`crate::routes::PRESENCE_REFRESH`]: presence's, so a hash whose every node died without a
+/// drain is gone within a minute (a dead node's field in a hash that live nodes keep renewing is
+/// skipped by readers, which check leases, and removed by `wsctl routes purge --server`).
+pub const ROOM_MEMBERS_TTL: Duration = crate::routes::ONLINE_TTL;
 /// Capacity of the node's queue of room messages towards Redis. When full, senders get
 /// `overloaded` at once (as for direct messages, [`super::PUBLISH_QUEUE`]); each connection
 /// has at most [`crate::server::PUBLISH_INFLIGHT`] messages in it.
@@ -317,13 +322,14 @@ impl Subscriptions {
         }
     }
 
-    /// `HSET room_members:<r> <server> <n>`, or `HDEL` at 0, in one pipeline.
+    /// `HSET room_members:<r> <server> <n>` and its TTL, or `HDEL` at 0, in one pipeline.
     async fn write_counts(&self, counts: &[(Arc<str>, usize)]) -> bool {
         let p = self.client.pipeline();
         for (room, n) in counts {
             let key = room_members_key(room);
             let _: Result<(), _> = if *n > 0 {
-                p.hset(key, (self.server_id.as_ref(), *n as i64)).await
+                let _: Result<(), _> = p.hset(&key, (self.server_id.as_ref(), *n as i64)).await;
+                p.expire(key, ROOM_MEMBERS_TTL.as_secs() as i64, None).await
             } else {
                 p.hdel(key, self.server_id.as_ref()).await
             };
