@@ -162,7 +162,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(addr) = args.metrics_addr {
         let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
         info!(address = %addr, "serving /metrics");
-        metrics_server = Some(tokio::spawn(serve_metrics(l, metrics.clone(), shutdown.clone())));
+        metrics_server = Some(tokio::spawn(serve_metrics(l, metrics.clone(), config.security.http, shutdown.clone())));
     }
     // The publisher is its own task: a slow or failing CloudWatch never holds up the server.
     let publisher = if args.cloudwatch {

@@ -72,6 +72,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Smallest frame limit accepted: an envelope must fit a chat message of some use.
 pub const MIN_FRAME: usize = 128;
+/// `reason` labels of `wss_connections_refused_total` for the refusals `/ws` makes outside
+/// [`admission::Refusal`]: not a WebSocket upgrade, the node draining (503), a `since` that is
+/// not an offset (400).
+pub const REFUSED_NOT_WEBSOCKET: &str = "not_websocket";
+pub const REFUSED_DRAINING: &str = "draining";
+pub const REFUSED_BAD_SINCE: &str = "bad_since";
 
 /// Per-connection limits, all documented above; tests shorten the timeouts.
 #[derive(Debug, Clone)]
@@ -315,7 +321,7 @@ pub async fn serve_with_metrics(
     if let Some(key) = &config.api_key {
         app = app.merge(api::router(node.clone(), key));
     }
-    let server = http::serve(listener, app, node.security.http, shutdown.clone(), node.limits.drain_timeout);
+    let server = http::serve(listener, app, node.security.http, node.metrics.clone(), shutdown.clone(), node.limits.drain_timeout);
     let (served, deadline) = tokio::join!(server, drain(&node, &shutdown));
     served?;
     // A session that upgraded between the close sweep and the listener closing.
@@ -399,8 +405,10 @@ async fn ws_handler(
     Query(params): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // Every refusal is counted, by reason (docs/protocol.md, "Handshake answers").
+    let count = |reason: &'static str| node.metrics.connections_refused.get_or_create(&crate::metrics::ReasonLabel { reason }).inc();
     let refuse = |r: admission::Refusal| {
-        node.metrics.connections_refused.get_or_create(&crate::metrics::ReasonLabel { reason: r.reason() }).inc();
+        count(r.reason());
         r.into_response()
     };
     let checked = match admission::check(&node.security, &headers, &params) {
@@ -409,14 +417,21 @@ async fn ws_handler(
     };
     let ws = match ws {
         Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => {
+            count(REFUSED_NOT_WEBSOCKET);
+            return rejection.into_response();
+        }
     };
     if node.draining.load(Ordering::Relaxed) {
+        count(REFUSED_DRAINING);
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
     let resume = match session::Resume::from_query(&params) {
         Ok(r) => r,
-        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+        Err(why) => {
+            count(REFUSED_BAD_SINCE);
+            return (StatusCode::BAD_REQUEST, why).into_response();
+        }
     };
     let user: Arc<str> = Arc::from(checked.user.as_str());
     // Held by the upgrade callback: released when the session ends, or when a failed upgrade
