@@ -184,8 +184,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(m) = metrics_server {
         let _ = m.await;
     }
-    served.context("serve")?;
-    Ok(ExitCode::SUCCESS)
+    // A setting the library found unworkable (server id, limits, history) is a usage error too.
+    match served {
+        Err(e) if e.is_config() => Err(crate::util::usage(e)),
+        served => {
+            served.context("serve")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT (Ctrl-C).

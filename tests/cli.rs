@@ -156,6 +156,8 @@ fn exit_codes_follow_the_table() {
         &["serve", "--rate-limit=-1"],
         &["serve", "--max-frame", "10"],
         &["serve", "--jwt-secret", " "],
+        &["serve", "--bind", "127.0.0.1", "--port", "0", "--server-id", "a b"],
+        &["serve", "--bind", "127.0.0.1", "--port", "0", "--history"],
         &["metrics", "tail", "--prometheus", "ftp://x/metrics", "--once"],
         &["token", "--user", "alice", "--secret", "short"],
         &["load", "--url", "ws://127.0.0.1:9/ws", "--assert", "latency<5"],

@@ -224,6 +224,14 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+impl ServerError {
+    /// Whether the configuration is at fault (a setting that cannot work), rather than the
+    /// environment (Redis, the listener): the command exits 2 for these, as for a bad flag.
+    pub fn is_config(&self) -> bool {
+        matches!(self, ServerError::BadServerId(_) | ServerError::Limits(_) | ServerError::HistoryNeedsRedis | ServerError::HistorySize(_))
+    }
+}
+
 /// The state shared by every handler and session of this node.
 pub(crate) struct Node {
     pub(crate) id: Arc<str>,
