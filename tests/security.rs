@@ -1084,6 +1084,18 @@ async fn idle_sockets_past_the_pending_cap_close_the_oldest_and_a_client_still_c
     node.stop().await;
 }
 
+/// A child process killed when dropped (a failed assertion must not leave a node running).
+struct Reap(Option<std::process::Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// `--metrics-addr` uses the node's accept loop: the same header timeout (a socket that sends
 /// nothing or half a request is closed at it), and the node's exit never waits for a metrics
 /// connection: SIGTERM with such sockets open exits 0 within the drain's bound.
@@ -1091,7 +1103,7 @@ async fn idle_sockets_past_the_pending_cap_close_the_oldest_and_a_client_still_c
 async fn a_half_open_metrics_connection_neither_lingers_nor_holds_up_the_exit() {
     let maddr = format!("127.0.0.1:{}", free_port());
     let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsctl"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_wsctl"))
         .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--metrics-addr", &maddr, "--header-timeout", "1s", "--drain-timeout", "2s"])
         .env_remove("JWT_SECRET")
         .env("RUST_LOG", "wsctl=debug")
@@ -1099,10 +1111,12 @@ async fn a_half_open_metrics_connection_neither_lingers_nor_holds_up_the_exit() 
         .stderr(log.reopen().unwrap())
         .spawn()
         .unwrap();
+    // Killed if an assertion fails before the node is stopped.
+    let mut child = Reap(Some(child));
     let maddr: SocketAddr = maddr.parse().unwrap();
     let up = Instant::now() + Duration::from_secs(30);
     while !matches!(http_get(maddr, "/metrics").await, Ok((200, _))) {
-        assert!(Instant::now() < up && child.try_wait().unwrap().is_none(), "the node did not come up");
+        assert!(Instant::now() < up && child.0.as_mut().unwrap().try_wait().unwrap().is_none(), "the node did not come up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The header timeout applies: half a request is closed after ~1 s, not held forever.
@@ -1116,6 +1130,7 @@ async fn a_half_open_metrics_connection_neither_lingers_nor_holds_up_the_exit() 
     let mut half = tokio::net::TcpStream::connect(maddr).await.unwrap();
     half.write_all(b"GET /metrics HTTP/1.1\r\nHo").await.unwrap();
     assert_eq!(http_get(maddr, "/health").await.unwrap().0, 200, "the sockets above were accepted first");
+    let mut child = child.0.take().unwrap();
     let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let stopped = Instant::now();
