@@ -185,7 +185,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(addr) = args.metrics_addr {
         let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
         info!(address = %addr, "serving /metrics");
-        metrics_server = Some(tokio::spawn(serve_metrics(l, metrics.clone(), shutdown.clone())));
+        metrics_server = Some(tokio::spawn(serve_metrics(l, metrics.clone(), config.security.http, shutdown.clone())));
     }
     // The publisher is its own task: a slow or failing CloudWatch never holds up the server.
     let publisher = if args.cloudwatch {
@@ -207,8 +207,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(m) = metrics_server {
         let _ = m.await;
     }
-    served.context("serve")?;
-    Ok(ExitCode::SUCCESS)
+    // A setting the library found unworkable (server id, limits, history) is a usage error too.
+    match served {
+        Err(e) if e.is_config() => Err(crate::util::usage(e)),
+        served => {
+            served.context("serve")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT (Ctrl-C).

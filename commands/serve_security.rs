@@ -69,6 +69,11 @@ pub struct SecurityArgs {
     /// Time a client has to send its whole HTTP request head (slowloris guard).
     #[arg(long, env = "WSS_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration, help_heading = "Security")]
     pub header_timeout: Duration,
+    /// Sockets accepted but not yet upgraded (or answered and closed) at most, per listener;
+    /// a new one past it closes the oldest (0 = no cap). --max-connections counts upgraded
+    /// sockets only.
+    #[arg(long, env = "WSS_MAX_PENDING_HANDSHAKES", default_value_t = http::MAX_PENDING_HANDSHAKES, help_heading = "Security")]
+    pub max_pending_handshakes: usize,
 }
 
 fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
@@ -122,7 +127,11 @@ impl SecurityArgs {
             origins: self.allowed_origins.clone(),
             caps: Caps { max_connections: self.max_connections, per_user: self.max_conns_per_user, per_ip: self.max_conns_per_ip },
             rate: RateLimit { per_second: self.rate_limit, burst: self.rate_burst, ..RateLimit::recommended() },
-            http: HttpLimits { header_read_timeout: self.header_timeout, max_header_bytes: http::MAX_HEADER_BYTES },
+            http: HttpLimits {
+                header_read_timeout: self.header_timeout,
+                max_header_bytes: http::MAX_HEADER_BYTES,
+                max_pending: self.max_pending_handshakes,
+            },
             room_policy: match self.room_policy {
                 RoomPolicyArg::Claims => RoomPolicy::Claims,
                 RoomPolicyArg::Open => RoomPolicy::Open,

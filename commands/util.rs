@@ -16,7 +16,14 @@ pub fn colour(stream: &impl IsTerminal) -> bool {
 
 pub fn init_logging(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour(&std::io::stderr()));
+    // A failed log write is dropped: tracing-subscriber's default reports it with `eprintln!`,
+    // which panics when stderr is a closed pipe (a log shipper gone), and a panic while stderr
+    // is locked left the node deaf to SIGTERM.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour(&std::io::stderr()))
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

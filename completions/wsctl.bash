@@ -1389,7 +1389,7 @@ _wsctl() {
             return 0
             ;;
         wsctl__subcmd__serve)
-            opts="-p -h -V --port --bind --server-id --advertise --redis-uri --redis-cluster --redis-username --redis-password --pubsub --jwt-secret --jwt-public-key --jwt-algorithm --jwt-audience --jwt-issuer --room-policy --allowed-origin --max-connections --max-conns-per-user --max-conns-per-ip --rate-limit --rate-burst --header-timeout --send-queue --send-queue-bytes --mixed-fleet --history --history-size --history-ttl --idem-window --join-proxy --proxy-timeout --max-frame --ping-interval --idle-timeout --drain-timeout --api-key --metrics-addr --cloudwatch --cloudwatch-namespace --cloudwatch-interval --cloudwatch-region --cloudwatch-endpoint --config --print-config --log-format --threads --help --version"
+            opts="-p -h -V --port --bind --server-id --advertise --redis-uri --redis-cluster --redis-username --redis-password --pubsub --jwt-secret --jwt-public-key --jwt-algorithm --jwt-audience --jwt-issuer --room-policy --allowed-origin --max-connections --max-conns-per-user --max-conns-per-ip --rate-limit --rate-burst --header-timeout --max-pending-handshakes --send-queue --send-queue-bytes --mixed-fleet --history --history-size --history-ttl --idem-window --join-proxy --proxy-timeout --max-frame --ping-interval --idle-timeout --drain-timeout --api-key --metrics-addr --cloudwatch --cloudwatch-namespace --cloudwatch-interval --cloudwatch-region --cloudwatch-endpoint --config --print-config --log-format --threads --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1480,6 +1480,10 @@ _wsctl() {
                     return 0
                     ;;
                 --header-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-pending-handshakes)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

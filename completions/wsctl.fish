@@ -61,6 +61,7 @@ complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l max-conns-per-ip -
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l rate-limit -d 'Frames per second one connection may send; excess frames are dropped with a `rate_limited` error, and 5 s of sustained excess closes it with 4029 (0 = no limit)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l rate-burst -d 'Frames a connection may send at once above --rate-limit' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l header-timeout -d 'Time a client has to send its whole HTTP request head (slowloris guard)' -r
+complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l max-pending-handshakes -d 'Sockets accepted but not yet upgraded (or answered and closed) at most, per listener; a new one past it closes the oldest (0 = no cap). --max-connections counts upgraded sockets only' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l send-queue -d 'Frames queued per connection before it is closed as a slow consumer (4008)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l send-queue-bytes -d 'Bytes queued per connection before it is closed as a slow consumer (4008)' -r
 complete -c wsctl -n "__fish_wsctl_using_subcommand serve" -l history-size -d 'Messages kept per user (the newest), 1 to 10000' -r

@@ -134,6 +134,56 @@ fn logs_to_a_pipe_carry_no_colour() {
     assert!(!log.contains("\x1b["), "ANSI escapes in piped logs:\n{log:?}");
 }
 
+/// A log reader that goes away (a log shipper restarting, `wsctl serve 2>&1 | head`) must not take
+/// the node with it: logging to a closed pipe used to panic (exit 101) on the next line. The node
+/// keeps serving and still drains and exits 0 on SIGTERM.
+#[test]
+fn a_closed_log_pipe_does_not_stop_the_node() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsctl"))
+        .args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string(), "--drain-timeout", "1s"])
+        .env("RUST_LOG", "debug")
+        .env_remove("REDIS_URI")
+        .env_remove("WSCTL_CONFIG")
+        .env_remove("JWT_SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = Instant::now();
+    while let Some(Ok(line)) = lines.next() {
+        if line.contains("admission limits") || started.elapsed() > START_TIMEOUT {
+            break;
+        }
+    }
+    drop(lines);
+    // Requests make the node log (at debug) into the closed pipe.
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the node still serves after its log reader left");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        use std::io::{Read, Write};
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no exit within 10 s of SIGTERM with the log pipe closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "SIGTERM drains and exits 0 with its log pipe closed: {status}");
+}
+
 #[test]
 fn an_unreachable_redis_says_what_to_do() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -156,6 +206,8 @@ fn exit_codes_follow_the_table() {
         &["serve", "--rate-limit=-1"],
         &["serve", "--max-frame", "10"],
         &["serve", "--jwt-secret", " "],
+        &["serve", "--bind", "127.0.0.1", "--port", "0", "--server-id", "a b"],
+        &["serve", "--bind", "127.0.0.1", "--port", "0", "--history"],
         &["metrics", "tail", "--prometheus", "ftp://x/metrics", "--once"],
         &["token", "--user", "alice", "--secret", "short"],
         &["load", "--url", "ws://127.0.0.1:9/ws", "--assert", "latency<5"],

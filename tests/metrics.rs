@@ -91,7 +91,7 @@ async fn separate_metrics_listener_and_tail_rates() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let maddr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let served = tokio::spawn(wsctl::metrics::serve_metrics(listener, node.metrics.clone(), stop.clone()));
+    let served = tokio::spawn(wsctl::metrics::serve_metrics(listener, node.metrics.clone(), Default::default(), stop.clone()));
     let url = format!("http://{maddr}/metrics");
 
     let mut a = node.connect("a").await;

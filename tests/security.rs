@@ -970,3 +970,190 @@ async fn after_the_expiry_close_the_same_token_is_refused() {
     assert_eq!(node.refused("expired_token"), before + 20);
     node.stop().await;
 }
+
+/// The `wss_connections_refused_total` counter for `reason` on a node's registry.
+fn refused_count(metrics: &Metrics, reason: &str) -> u64 {
+    let key = format!("wss_connections_refused_total{{reason=\"{reason}\"}} ");
+    metrics.render().lines().find_map(|l| l.strip_prefix(&key)).map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Sends a raw request head and reads the answer until the server closes.
+async fn raw_request(addr: SocketAddr, head: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(RECV_TIMEOUT, s.read_to_end(&mut resp)).await;
+    String::from_utf8_lossy(&resp).into_owned()
+}
+
+/// docs/security.md: "every refusal is counted", including the ones outside admission: a
+/// request head too large (431), a `since` that is not an offset (400), a request to /ws that
+/// is not an upgrade, and an upgrade that arrives while the node drains (503).
+#[tokio::test]
+async fn every_refusal_is_counted() {
+    let node = Node::start("refusals", None, SecurityConfig::default()).await;
+    let cookie = "c".repeat(20 * 1024);
+    let resp = raw_request(node.addr, &format!("GET /health HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n")).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    assert_eq!(refused_count(&node.metrics, "headers_too_large"), 1);
+    let many: String = (0..100).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let resp = raw_request(node.addr, &format!("GET /health HTTP/1.1\r\nHost: x\r\n{many}\r\n")).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    assert_eq!(refused_count(&node.metrics, "headers_too_large"), 2);
+
+    assert_eq!(node.open("userId=alice&since=yesterday", &[]).await.err().map(|e| e.0), Some(400));
+    assert_eq!(node.refused("bad_since"), 1);
+    let (status, _) = http_get(node.addr, "/ws?userId=alice").await.unwrap();
+    assert!((400..500).contains(&status), "{status}");
+    assert_eq!(node.refused("not_websocket"), 1);
+
+    // Draining: a request head begun before the drain and finished after it.
+    let mut held = node.connect("userId=bob").await;
+    let mut late = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    late.write_all(b"GET /ws?userId=carol HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // Served: the first bytes are in (the node answers /health on another connection after them).
+    assert_eq!(http_get(node.addr, "/health").await.unwrap().0, 200);
+    node.shutdown.cancel();
+    // The 1012 sweep comes after the node marked itself draining.
+    let (_, closed) = held.until_closed(Duration::from_secs(10)).await;
+    assert_eq!(closed, Closed::Code(1012));
+    late.write_all(b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(RECV_TIMEOUT, late.read_to_end(&mut resp)).await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert_eq!(refused_count(&node.metrics, "draining"), 1);
+    node.stop().await;
+}
+
+/// Whether the server closed `s` (EOF or reset) within `wait`.
+async fn closed_within(s: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 512];
+    loop {
+        match tokio::time::timeout(wait, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Sockets before the upgrade are capped (`--max-pending-handshakes`): idle sockets past the cap
+/// close the oldest at once (counted), long before the header timeout, and a client that
+/// connects while the cap is full of idle sockets still gets its WebSocket.
+#[tokio::test]
+async fn idle_sockets_past_the_pending_cap_close_the_oldest_and_a_client_still_connects() {
+    const CAP: usize = 8;
+    let http = HttpLimits { header_read_timeout: Duration::from_secs(60), max_pending: CAP, ..HttpLimits::default() };
+    let node = Node::start("pending", None, SecurityConfig { http, ..Default::default() }).await;
+    let pending = |m: &Metrics| -> i64 {
+        m.render().lines().find_map(|l| l.strip_prefix("wss_pending_handshakes ")).map_or(-1, |v| v.trim().parse().unwrap())
+    };
+    let mut idle = Vec::new();
+    for _ in 0..CAP {
+        idle.push(tokio::net::TcpStream::connect(node.addr).await.unwrap());
+    }
+    let m = node.metrics.clone();
+    eventually(RECV_TIMEOUT, "the node holds CAP pending sockets", || {
+        let m = m.clone();
+        async move { pending(&m) == CAP as i64 }
+    })
+    .await;
+    // The cap is full of sockets that send nothing; a real client still connects and works.
+    let mut alice = node.connect("userId=alice").await;
+    alice.send(json!({"type":"heartbeat","id":1})).await;
+    assert_eq!(alice.recv().await["type"], "ack");
+    assert!(closed_within(&mut idle[0], Duration::from_secs(5)).await, "the oldest idle socket was closed to make room");
+    assert!(refused_count(&node.metrics, "pending_handshakes") >= 1);
+    // CAP more idle sockets: each closes an older one; the node never holds more than CAP.
+    for _ in 0..CAP {
+        idle.push(tokio::net::TcpStream::connect(node.addr).await.unwrap());
+    }
+    for (i, s) in idle.iter_mut().enumerate().take(CAP).skip(1) {
+        assert!(closed_within(s, Duration::from_secs(5)).await, "idle socket {i} still open past the cap");
+    }
+    let m = node.metrics.clone();
+    eventually(RECV_TIMEOUT, "CAP pending sockets, the newest", || {
+        let m = m.clone();
+        async move { pending(&m) == CAP as i64 }
+    })
+    .await;
+    // One for alice, then CAP - 1 for the second batch (the first of it filled alice's place).
+    assert_eq!(refused_count(&node.metrics, "pending_handshakes"), CAP as u64);
+    assert_eq!(http_get(node.addr, "/health").await.unwrap().0, 200);
+    node.stop().await;
+}
+
+/// A child process killed when dropped (a failed assertion must not leave a node running).
+struct Reap(Option<std::process::Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `--metrics-addr` uses the node's accept loop: the same header timeout (a socket that sends
+/// nothing or half a request is closed at it), and the node's exit never waits for a metrics
+/// connection: SIGTERM with such sockets open exits 0 within the drain's bound.
+#[tokio::test]
+async fn a_half_open_metrics_connection_neither_lingers_nor_holds_up_the_exit() {
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_wsctl"))
+        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--metrics-addr", &maddr, "--header-timeout", "1s", "--drain-timeout", "2s"])
+        .env_remove("JWT_SECRET")
+        .env("RUST_LOG", "wsctl=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    // Killed if an assertion fails before the node is stopped.
+    let mut child = Reap(Some(child));
+    let maddr: SocketAddr = maddr.parse().unwrap();
+    let up = Instant::now() + Duration::from_secs(30);
+    while !matches!(http_get(maddr, "/metrics").await, Ok((200, _))) {
+        assert!(Instant::now() < up && child.0.as_mut().unwrap().try_wait().unwrap().is_none(), "the node did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The header timeout applies: half a request is closed after ~1 s, not held forever.
+    let mut half = tokio::net::TcpStream::connect(maddr).await.unwrap();
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHo").await.unwrap();
+    let started = Instant::now();
+    assert!(closed_within(&mut half, Duration::from_secs(5)).await, "half a request on the metrics port was never cut off");
+    assert!(started.elapsed() >= Duration::from_millis(800), "cut after {:?}, before the header timeout", started.elapsed());
+    // The exit does not wait for a silent socket or half a request.
+    let _silent = tokio::net::TcpStream::connect(maddr).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(maddr).await.unwrap();
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHo").await.unwrap();
+    assert_eq!(http_get(maddr, "/health").await.unwrap().0, 200, "the sockets above were accepted first");
+    let mut child = child.0.take().unwrap();
+    let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let stopped = Instant::now();
+    let code = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    let log = std::fs::read_to_string(log.path()).unwrap();
+    let code = code.unwrap_or_else(|| panic!("the node did not exit within 10 s of SIGTERM:\n{log}"));
+    assert!(code.success(), "{code}");
+    // The drain with no clients takes milliseconds; its bound is 2 s. The half request would
+    // otherwise hold the exit until the header timeout, or for ever.
+    assert!(stopped.elapsed() < Duration::from_millis(900), "exit took {:?}", stopped.elapsed());
+}

@@ -222,8 +222,13 @@ pub struct Metrics {
     pub task_restarts: Counter,
     /// CloudWatch PutMetricData calls that failed (their interval is carried to the next push).
     pub cloudwatch_push_errors: Counter,
-    /// Connections refused before the upgrade, by `reason` (see `server::admission::Refusal`).
+    /// Connections refused before the upgrade, by `reason` (see `server::admission::Refusal`,
+    /// and `server::http` for the refusals of the accept loop: `headers_too_large`,
+    /// `pending_handshakes`).
     pub connections_refused: Family<ReasonLabel, prometheus_client::metrics::counter::Counter>,
+    /// Sockets accepted and still in their HTTP phase (not upgraded, not closed), on every
+    /// listener of the node; capped by `server::http::MAX_PENDING_HANDSHAKES`.
+    pub pending_handshakes: Gauge,
     /// Client frames dropped by the per-connection rate limit.
     pub rate_limited_frames: Counter,
     /// Client-reported latency (`latency_report`), milliseconds.
@@ -298,6 +303,7 @@ impl Metrics {
             task_restarts: counter(),
             cloudwatch_push_errors: Counter::default(),
             connections_refused: Family::default(),
+            pending_handshakes: Gauge::default(),
             rate_limited_frames: counter(),
             client_latency_ms: Histogram::new(&LATENCY_BUCKETS_MS, off),
             delivery_ms: Histogram::new(&LATENCY_BUCKETS_MS, off),
@@ -331,6 +337,7 @@ impl Metrics {
             m.cloudwatch_push_errors.clone(),
         );
         registry.register("wss_connections_refused", "Connections refused before the upgrade, by reason", m.connections_refused.clone());
+        registry.register("wss_pending_handshakes", "Sockets accepted and not yet upgraded or closed", m.pending_handshakes.clone());
         registry.register("wss_rate_limited_frames", "Client frames dropped by the rate limit", m.rate_limited_frames.clone());
         registry.register("wss_client_latency_ms", "Client-reported latency, ms", m.client_latency_ms.clone());
         registry.register("wss_delivery_ms", "Ingress on the sending node to queueing on the receiving node, ms", m.delivery_ms.clone());
@@ -360,14 +367,23 @@ impl Metrics {
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves `GET /metrics` (and `/health`) for `metrics` on its own listener until `shutdown` is
-/// cancelled: `wsctl serve --metrics-addr`, to keep scrapes off the client-facing port.
-pub async fn serve_metrics(listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) -> std::io::Result<()> {
+/// cancelled: `wsctl serve --metrics-addr`, to keep scrapes off the client-facing port. The
+/// node's accept loop (`server::http`), so the same request-head deadline, size limits and
+/// pending cap (`limits`, the main listener's); on shutdown it returns at once, dropping any
+/// connection still open: a scrape, or a socket that never sends one, never holds up the exit.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Metrics,
+    limits: crate::server::http::HttpLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     use axum::http::header;
     use axum::routing::get;
+    let registry = metrics.clone();
     let app = axum::Router::new()
-        .route("/metrics", get(move || async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render()) }))
+        .route("/metrics", get(move || async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], registry.render()) }))
         .route("/health", get(|| async { "ok" }));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    crate::server::http::serve(listener, app, limits, metrics, shutdown, std::time::Duration::ZERO).await
 }
 
 #[cfg(test)]

@@ -77,6 +77,12 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HTTP_FINISH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Smallest frame limit accepted: an envelope must fit a chat message of some use.
 pub const MIN_FRAME: usize = 128;
+/// `reason` labels of `wss_connections_refused_total` for the refusals `/ws` makes outside
+/// [`admission::Refusal`]: not a WebSocket upgrade, the node draining (503), a `since` that is
+/// not an offset (400).
+pub const REFUSED_NOT_WEBSOCKET: &str = "not_websocket";
+pub const REFUSED_DRAINING: &str = "draining";
+pub const REFUSED_BAD_SINCE: &str = "bad_since";
 
 /// Per-connection limits, all documented above; tests shorten the timeouts.
 #[derive(Debug, Clone)]
@@ -236,6 +242,14 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+impl ServerError {
+    /// Whether the configuration is at fault (a setting that cannot work), rather than the
+    /// environment (Redis, the listener): the command exits 2 for these, as for a bad flag.
+    pub fn is_config(&self) -> bool {
+        matches!(self, ServerError::BadServerId(_) | ServerError::Limits(_) | ServerError::HistoryNeedsRedis | ServerError::HistorySize(_))
+    }
+}
+
 /// The state shared by every handler and session of this node.
 pub(crate) struct Node {
     pub(crate) id: Arc<str>,
@@ -342,7 +356,7 @@ pub async fn serve_with_metrics(
     // The listener stays open through the drain: probes get `/ready` 503 and `/health` 200, new
     // upgrades 503 `draining`, rather than a refused connection. It closes once sessions are gone.
     let stop_http = CancellationToken::new();
-    let server = http::serve(listener, app, node.security.http, stop_http.clone(), HTTP_FINISH_TIMEOUT);
+    let server = http::serve(listener, app, node.security.http, node.metrics.clone(), stop_http.clone(), HTTP_FINISH_TIMEOUT);
     let drained = async {
         let deadline = drain(&node, &shutdown).await;
         node.sessions.close();
@@ -428,11 +442,14 @@ async fn ws_handler(
     Query(params): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // Every refusal is counted, by reason (docs/protocol.md, "Handshake answers").
+    let count = |reason: &'static str| node.metrics.connections_refused.get_or_create(&crate::metrics::ReasonLabel { reason }).inc();
     let refuse = |r: admission::Refusal| {
-        node.metrics.connections_refused.get_or_create(&crate::metrics::ReasonLabel { reason: r.reason() }).inc();
+        count(r.reason());
         r.into_response()
     };
     if node.draining.load(Ordering::SeqCst) {
+        count(REFUSED_DRAINING);
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
     let checked = match admission::check(&node.security, &headers, &params) {
@@ -441,11 +458,17 @@ async fn ws_handler(
     };
     let ws = match ws {
         Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => {
+            count(REFUSED_NOT_WEBSOCKET);
+            return rejection.into_response();
+        }
     };
     let resume = match session::Resume::from_query(&params) {
         Ok(r) => r,
-        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+        Err(why) => {
+            count(REFUSED_BAD_SINCE);
+            return (StatusCode::BAD_REQUEST, why).into_response();
+        }
     };
     let user: Arc<str> = Arc::from(checked.user.as_str());
     // Held by the upgrade callback: released when the session ends, or when a failed upgrade
