@@ -13,7 +13,7 @@ import statistics
 import sys
 
 COLS = ["scenario", "sent", "acked online", "acked offline", "refused", "unanswered", "slowest answer",
-        "delivered", "lost", "lost after ack", "recovery", "notes"]
+        "delivered", "refused, never arrived", "lost", "lost after ack", "recovery", "notes"]
 
 if sys.argv[1] == "--header":
     print("| " + " | ".join(COLS) + " |")
@@ -44,5 +44,5 @@ if closes:
     notes.append("closes: " + ", ".join(f"{k} {v}" for k, v in sorted(closes.items())))
 row = [name, r["messages"]["sent"], acks.get("online", "?"), acks.get("offline", "?"), refused_s,
        acks.get("unanswered", "?"), f"{acks.get('latency_ms', {}).get('max_ms', 0):.0f} ms",
-       r["messages"]["delivered"], r["audit"]["lost"], acks.get("lost_after_ack", "?"), recovery, "; ".join(notes)]
+       r["messages"]["delivered"], r["audit"].get("refused_missing", 0), r["audit"]["lost"], acks.get("lost_after_ack", "?"), recovery, "; ".join(notes)]
 print("| " + " | ".join(str(c) for c in row) + " |")
