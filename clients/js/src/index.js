@@ -374,16 +374,18 @@ export class Client {
       if (!p.joined || pendingJoins.has(room)) continue;
       const frame = { type: "join", room };
       if (p.epoch) Object.assign(frame, { since: p.offset, epoch: p.epoch });
-      const token = typeof p.token === "function" ? p.token() : p.token;
-      Promise.resolve(token).then((t) => {
+      const send = (t) => {
         if (t) frame.token = t;
         this._writeInternal(frame, (m) => {
-        if (m.type === "error") this._emit("error", new WsctlError(m.code, `rejoin ${room}: ${m.message}`, { room }));
-        // No offsets seen in this room: the node keeps no room history, so what the room said
-        // while we were away is gone. Say so, as the node does for a user (`history_off`).
-        else if (!frame.epoch) this._emit("recovery", { room, complete: false, count: 0, reason: "history_off" });
+          if (m.type === "error") this._emit("error", new WsctlError(m.code, `rejoin ${room}: ${m.message}`, { room }));
+          // No offsets seen in this room: the node keeps no room history, so what the room said
+          // while we were away is gone. Say so, as the node does for a user (`history_off`).
+          else if (!frame.epoch) this._emit("recovery", { room, complete: false, count: 0, reason: "history_off" });
         });
-      }, (e) => this._emit("error", new WsctlError("token", `rejoin ${room}: token() failed: ${e?.message ?? e}`, { room })));
+      };
+      // Written now, before the queued sends go out, unless a room token must be fetched first.
+      if (typeof p.token !== "function") send(p.token);
+      else Promise.resolve().then(p.token).then(send, (e) => this._emit("error", new WsctlError("token", `rejoin ${room}: token() failed: ${e?.message ?? e}`, { room })));
     }
   }
 
