@@ -491,7 +491,7 @@ fn audit_row(r: &Report) -> String {
     let a = &r.audit;
     let mut out = format!("{} owed, {} received, {} lost, {} duplicated, {} reordered", a.expected, a.received, a.lost, a.duplicated, a.reordered);
     if a.refused_missing > 0 {
-        out.push_str(&format!("; {} refused (the sender was told: not lost)", a.refused_missing));
+        out.push_str(&format!("; {} refused or acked offline (the sender was told: not lost)", a.refused_missing));
     }
     if r.run.pattern == "room" {
         out.push_str(&format!("\n{} echoed back to their sender (must be 0)", a.echoed));

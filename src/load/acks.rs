@@ -44,8 +44,8 @@ pub struct AckWindow {
     pub stats: AckStats,
     /// (receiver user, seq) of audited sends not acked `online:true`.
     pub not_accepted: Vec<(u32, u32)>,
-    /// Of those, the ones the server refused with an `error` (`overloaded`, `unavailable`, ...):
-    /// the sender was told, so one that never arrived is refused, not lost.
+    /// Of those, the ones the server answered with an `error` (`overloaded`, `unavailable`, ...)
+    /// or with `online:false`: the sender was told, so one that never arrived is refused, not lost.
     pub refused: Vec<(u32, u32)>,
 }
 
@@ -101,6 +101,7 @@ impl AckWindow {
             Verdict::Ack { .. } => {
                 self.stats.offline += 1;
                 self.remember(to, seq);
+                remember(&mut self.refused, &mut 0, to, seq);
             }
             Verdict::Refused(code) => {
                 count_bounded(&mut self.stats.refused, code, 1);

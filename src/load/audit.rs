@@ -214,10 +214,10 @@ pub struct AuditTotals {
     /// Distinct audited messages received.
     pub received: u64,
     /// Owed, accepted or never answered, and never arrived. Sends the server refused with an
-    /// error are not in it: see `refused_missing`.
+    /// error or acked `online:false` are not in it: see `refused_missing`.
     pub lost: u64,
-    /// Owed deliveries of sends the server refused (`overloaded`, `unavailable`, ...) that never
-    /// arrived: the sender was told, so they are not lost.
+    /// Owed deliveries of sends the server refused (`overloaded`, `unavailable`, ...) or acked
+    /// `online:false`, that never arrived: the sender was told, so they are not lost.
     #[serde(default)]
     pub refused_missing: u64,
     pub duplicated: u64,
