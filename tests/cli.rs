@@ -102,18 +102,22 @@ fn checked_in_man_pages_and_completions_match_the_cli() {
     assert_eq!(bash.stdout, std::fs::read(root.join("completions/wsctl.bash")).unwrap());
 }
 
-#[test]
-fn logs_to_a_pipe_carry_no_colour() {
+/// `wsctl serve` on a free loopback port, alone (no Redis, no settings file), its logs on a pipe;
+/// `env` adjusts its environment. Returns the port and the child.
+fn serve_logging_to_a_pipe(env: impl FnOnce(&mut Command) -> &mut Command) -> (u16, std::process::Child) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsctl"))
-        .args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string(), "--drain-timeout", "1s"])
-        .env_remove("NO_COLOR")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsctl"));
+    cmd.args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string(), "--drain-timeout", "1s"])
         .env_remove("REDIS_URI")
         .env_remove("WSCTL_CONFIG")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    (port, env(&mut cmd).spawn().unwrap())
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour() {
+    let (port, mut child) = serve_logging_to_a_pipe(|c| c.env_remove("NO_COLOR"));
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let started = Instant::now();
     let mut log = String::new();
@@ -139,17 +143,7 @@ fn logs_to_a_pipe_carry_no_colour() {
 /// keeps serving and still drains and exits 0 on SIGTERM.
 #[test]
 fn a_closed_log_pipe_does_not_stop_the_node() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsctl"))
-        .args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string(), "--drain-timeout", "1s"])
-        .env("RUST_LOG", "debug")
-        .env_remove("REDIS_URI")
-        .env_remove("WSCTL_CONFIG")
-        .env_remove("JWT_SECRET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (port, mut child) = serve_logging_to_a_pipe(|c| c.env("RUST_LOG", "debug").env_remove("JWT_SECRET"));
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let started = Instant::now();
     while let Some(Ok(line)) = lines.next() {
