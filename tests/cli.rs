@@ -117,7 +117,7 @@ fn serve_logging_to_a_pipe(env: impl FnOnce(&mut Command) -> &mut Command) -> (u
 
 #[test]
 fn logs_to_a_pipe_carry_no_colour() {
-    let (port, mut child) = serve_logging_to_a_pipe(|c| c.env_remove("NO_COLOR"));
+    let (_, mut child) = serve_logging_to_a_pipe(|c| c.env_remove("NO_COLOR"));
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let started = Instant::now();
     let mut log = String::new();
