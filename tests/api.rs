@@ -11,28 +11,12 @@ use wsctl::ServerConfig;
 
 const KEY: &str = "s3cret-key";
 
-/// One HTTP/1.1 request; returns the status and the body as JSON (Null if it is not JSON).
-async fn http(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
-    let (status, body) = parse_http_response(&buf);
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
 async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
-    http(addr, "POST", path, Some(KEY), &body.to_string()).await
+    http_json(addr, "POST", path, Some(KEY), &body.to_string()).await
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
-    http(addr, "GET", path, Some(KEY), "").await
+    http_json(addr, "GET", path, Some(KEY), "").await
 }
 
 async fn node(id: &str, redis: Option<wsctl::RedisConfig>) -> TestNode {
@@ -44,15 +28,15 @@ async fn the_key_is_required_and_without_one_the_api_is_off() {
     let on = node("node-a", None).await;
     let body = json!({"receiverID":"bob","type":"notification","payload":1}).to_string();
     for key in [None, Some("wrong"), Some("s3cret-ke"), Some("s3cret-key2")] {
-        let (status, answer) = http(on.addr, "POST", "/api/publish", key, &body).await;
+        let (status, answer) = http_json(on.addr, "POST", "/api/publish", key, &body).await;
         assert_eq!(status, 401, "{key:?}");
         assert_eq!(answer["error"], "unauthorized");
     }
-    assert_eq!(http(on.addr, "GET", "/api/presence/bob", None, "").await.0, 401);
-    assert_eq!(http(on.addr, "POST", "/api/publish", Some(KEY), &body).await.0, 200);
+    assert_eq!(http_json(on.addr, "GET", "/api/presence/bob", None, "").await.0, 401);
+    assert_eq!(http_json(on.addr, "POST", "/api/publish", Some(KEY), &body).await.0, 200);
     let off = TestNode::start("node-b", None).await;
-    assert_eq!(http(off.addr, "POST", "/api/publish", Some(KEY), &body).await.0, 404);
-    assert_eq!(http(off.addr, "GET", "/api/presence/bob", Some(KEY), "").await.0, 404);
+    assert_eq!(http_json(off.addr, "POST", "/api/publish", Some(KEY), &body).await.0, 404);
+    assert_eq!(http_json(off.addr, "GET", "/api/presence/bob", Some(KEY), "").await.0, 404);
     on.stop().await;
     off.stop().await;
 }
@@ -175,7 +159,7 @@ async fn presence_and_room_counts_follow_connects_and_disconnects() {
 #[tokio::test]
 async fn each_api_limit_is_refused_with_a_reason() {
     let a = node("node-a", None).await;
-    let publish = |body: String| async move { http(a.addr, "POST", "/api/publish", Some(KEY), &body).await };
+    let publish = |body: String| async move { http_json(a.addr, "POST", "/api/publish", Some(KEY), &body).await };
     let (status, answer) = publish("{not json".into()).await;
     assert_eq!((status, answer["error"].as_str()), (400, Some("bad_json")));
     let big = json!({"receiverID":"bob","type":"n","payload":"x".repeat(wsctl::server::api::API_MAX_BODY)}).to_string();

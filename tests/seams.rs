@@ -30,18 +30,7 @@ async fn node_on(id: &str, redis: wsctl::RedisConfig, history: Option<HistoryCon
 
 /// `POST path` with the API key; the status and the JSON answer.
 async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = body.to_string();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
-    let (status, body) = parse_http_response(&buf);
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    http_json(addr, "POST", path, Some(KEY), &body.to_string()).await
 }
 
 /// With history, an API publish reaches a receiver on the publishing node once, numbered, and

@@ -208,12 +208,7 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// HS256 with a shared secret (`JWT_SECRET`, `--jwt-secret`).
     pub fn hs256(secret: &[u8]) -> Result<Self, AuthError> {
-        if secret.trim_ascii().is_empty() {
-            return Err(AuthError::EmptyKey);
-        }
-        if secret.len() < MIN_SECRET_BYTES {
-            return Err(AuthError::ShortSecret(secret.len()));
-        }
+        check_secret(secret)?;
         Ok(Self::with(DecodingKey::from_secret(secret), Algorithm::HS256))
     }
 
@@ -321,6 +316,18 @@ impl Authenticator {
     }
 }
 
+/// An HS256 secret both sides accept: not empty or whitespace (an empty secret mount must not
+/// turn auth off), at least [`MIN_SECRET_BYTES`].
+fn check_secret(secret: &[u8]) -> Result<(), AuthError> {
+    if secret.trim_ascii().is_empty() {
+        return Err(AuthError::EmptyKey);
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(AuthError::ShortSecret(secret.len()));
+    }
+    Ok(())
+}
+
 /// A token's deadline ([`expiry_deadline`]), or `Expired` when `now` is past it.
 fn valid_until(exp: u64, now: SystemTime) -> Result<SystemTime, TokenError> {
     let at = expiry_deadline(exp);
@@ -396,12 +403,7 @@ pub struct Minter {
 
 impl Minter {
     pub fn hs256(secret: &[u8]) -> Result<Self, AuthError> {
-        if secret.trim_ascii().is_empty() {
-            return Err(AuthError::EmptyKey);
-        }
-        if secret.len() < MIN_SECRET_BYTES {
-            return Err(AuthError::ShortSecret(secret.len()));
-        }
+        check_secret(secret)?;
         Ok(Minter { key: EncodingKey::from_secret(secret), alg: Algorithm::HS256, audience: None, issuer: None })
     }
 

@@ -275,6 +275,23 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
     Ok(parse_http_response(&buf))
 }
 
+/// One HTTP/1.1 request with a JSON body, and `Authorization: Bearer <key>` when given; returns
+/// the status and the body as JSON (Null if it is not JSON).
+pub async fn http_json(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let (status, body) = parse_http_response(&buf);
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
 /// The status and body of a raw HTTP/1.1 response (status 0 if there is no status line).
 pub fn parse_http_response(raw: &[u8]) -> (u16, String) {
     let text = String::from_utf8_lossy(raw);

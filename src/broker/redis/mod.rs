@@ -59,6 +59,11 @@ pub use rooms::{room_channel, room_members_key, JOIN_DEADLINE, ROOM_CHANNEL_PREF
 pub use writer::ROUTE_QUEUE;
 pub(crate) use subscriber::inbound;
 
+/// `d` as PX milliseconds (at least 1: PX 0 is an error).
+pub(crate) fn px(d: Duration) -> i64 {
+    d.as_millis().clamp(1, i64::MAX as u128) as i64
+}
+
 /// How long a new connection waits for Redis to confirm its route before its upgrade goes ahead
 /// anyway (the route is then written as soon as Redis answers). Short, so a Redis stall never
 /// holds a handshake for long: new connections are answered within this plus the upgrade itself.

@@ -69,8 +69,8 @@ pub(crate) struct Publisher {
     append: Option<Script>,
     metrics: Metrics,
     health: Arc<Health>,
-    /// `--idem-window` in ms, as PX takes it.
-    idem_ms: String,
+    /// `--idem-window` in ms, as PX takes it (at least 1).
+    idem_ms: i64,
 }
 
 impl Publisher {
@@ -85,7 +85,7 @@ impl Publisher {
             append: (cluster && node.history.is_some()).then(history::append_script),
             metrics: node.metrics.clone(),
             health,
-            idem_ms: node.idem_window.as_millis().max(1).to_string(),
+            idem_ms: super::px(node.idem_window),
         }
     }
 
@@ -153,7 +153,7 @@ impl Publisher {
             Some(cfg) => args.extend([Value::from(cfg.size as i64), Value::from(history::ttl_ms(cfg)), Value::from(history::new_epoch())]),
             None => args.extend([Value::from(0), Value::from("0"), Value::from("")]),
         }
-        args.push(Value::from(self.idem_ms.as_str()));
+        args.push(Value::from(self.idem_ms));
         for r in batch {
             args.push(if self.history.is_some() { open_envelope(&r.msg) } else { envelope_value(&r.msg) });
             args.push(Value::from(r.except.map(except_prefix).unwrap_or_default()));
@@ -183,7 +183,7 @@ impl Publisher {
         if batch.iter().all(|r| r.msg.idem.is_none()) {
             return Ok(out);
         }
-        let ttl = Some(Expiration::PX(self.idem_ms.parse().unwrap_or(1)));
+        let ttl = Some(Expiration::PX(self.idem_ms));
         let p = self.client.pipeline();
         for key in batch.iter().filter_map(|r| r.msg.idem.as_deref()) {
             let _: () = p.set(key, "", ttl.clone(), Some(SetOptions::NX), true).await?;
@@ -234,7 +234,7 @@ impl Publisher {
             out.push(Routed { nodes: servers.len() as u32, offset: offsets[i], duplicate: false });
             if let Some(key) = &r.msg.idem {
                 let record = format!("{}:{}", servers.len(), offsets[i].unwrap_or(0));
-                let _: () = p.set(key.as_str(), record, Some(Expiration::PX(self.idem_ms.parse().unwrap_or(1))), None, false).await?;
+                let _: () = p.set(key.as_str(), record, Some(Expiration::PX(self.idem_ms)), None, false).await?;
             }
             for s in servers {
                 let envelope = finals[i].clone().unwrap_or_else(|| envelope_value(&r.msg));

@@ -149,7 +149,7 @@ impl RoomChannels {
             left: left.clone(),
         };
         tracker.spawn(subs.run(stop.clone()));
-        let idem_ms = s.idem_window.as_millis().max(1).to_string();
+        let idem_ms = super::px(s.idem_window);
         let publisher = RoomPublisher { client: s.client, sharded: s.sharded, state: state.clone(), health: s.health.clone(), metrics: s.metrics, idem_ms };
         tracker.spawn(publisher.run(publish_rx, stop));
         RoomChannels { rooms: s.rooms, server_id: s.server_id, state, publish_tx, health: s.health, left }
@@ -352,8 +352,8 @@ struct RoomPublisher {
     state: Arc<Mutex<SubState>>,
     health: Arc<Health>,
     metrics: Metrics,
-    /// `--idem-window` in ms, as PX takes it.
-    idem_ms: String,
+    /// `--idem-window` in ms, as PX takes it (at least 1).
+    idem_ms: i64,
 }
 
 impl RoomPublisher {
@@ -408,7 +408,7 @@ impl RoomPublisher {
                 Some(key) => {
                     let slot = fred::util::redis_keyslot(key.as_bytes());
                     let sharded = if self.sharded { "1" } else { "0" };
-                    let args: Vec<Value> = vec![ROOM_IDEM_LUA.into(), 1.into(), key.as_str().into(), self.idem_ms.as_str().into(), channel.into(), value, sharded.into()];
+                    let args: Vec<Value> = vec![ROOM_IDEM_LUA.into(), 1.into(), key.as_str().into(), self.idem_ms.into(), channel.into(), value, sharded.into()];
                     p.custom(CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false), args).await?
                 }
                 None if self.sharded => p.spublish(channel, value).await?,
